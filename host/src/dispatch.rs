@@ -1,0 +1,301 @@
+//! One job, start to finish: a raw message body in, an [`Outcome`] (inside a [`Report`])
+//! out. Every row of the outcome table in the README is decided here, and nothing here
+//! panics or returns an error: runners only turn the outcome into a queue action.
+//!
+//! Main types: [`Dispatcher`], [`Delivery`].
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde_json::Value;
+use wasmtime::Trap;
+
+use crate::bindings::{Job, JobError};
+use crate::engine::JobEngine;
+use crate::envelope::{DEFAULT_MAX_BODY_BYTES, Envelope, EnvelopeError};
+use crate::execute::{Execution, execute, root_cause};
+use crate::outcome::{Outcome, Reason, Report};
+use crate::plugin::{Plugin, PluginSet};
+use crate::retry::{RetryPolicy, jitter_rng};
+
+/// Host-wide dispatch settings.
+#[derive(Clone, Debug)]
+pub struct DispatchOptions {
+    /// The largest message body accepted, in bytes.
+    pub max_body_bytes: usize,
+}
+
+impl Default for DispatchOptions {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+        }
+    }
+}
+
+/// What the runner knows about a delivery beyond its body.
+#[derive(Clone, Debug, Default)]
+pub struct Delivery {
+    /// The id to use when the envelope has none (e.g. the queue's message id).
+    pub fallback_id: Option<String>,
+    /// The delivery number as counted by the queue; overrides the envelope's.
+    pub attempt: Option<u32>,
+    /// A deadline imposed from outside (a Lambda invocation's end); the job's own
+    /// timeout is capped by it.
+    pub deadline: Option<SystemTime>,
+}
+
+/// Why a payload was refused before any handler ran (for enqueue-time checks).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Rejection {
+    /// No handler accepts the name.
+    UnknownJob(String),
+    /// The payload fails the schema; one entry per error.
+    InvalidPayload(Vec<String>),
+}
+
+impl std::fmt::Display for Rejection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Rejection::UnknownJob(name) => write!(f, "no handler accepts the job name `{name}`"),
+            Rejection::InvalidPayload(errors) => {
+                write!(f, "payload fails the schema: {}", errors.join("; "))
+            }
+        }
+    }
+}
+
+/// Routes messages to handlers and runs them.
+pub struct Dispatcher {
+    engine: Arc<JobEngine>,
+    plugins: PluginSet,
+    options: DispatchOptions,
+}
+
+impl Dispatcher {
+    /// A dispatcher over loaded handlers.
+    pub fn new(engine: Arc<JobEngine>, plugins: PluginSet, options: DispatchOptions) -> Self {
+        Self {
+            engine,
+            plugins,
+            options,
+        }
+    }
+
+    /// The loaded handlers.
+    pub fn plugins(&self) -> &PluginSet {
+        &self.plugins
+    }
+
+    /// The dispatch settings.
+    pub fn options(&self) -> &DispatchOptions {
+        &self.options
+    }
+
+    /// Checks a payload against the handler for `name` without running anything.
+    pub fn check(&self, name: &str, payload: &Value) -> Result<&Arc<Plugin>, Rejection> {
+        let plugin = self
+            .plugins
+            .get(name)
+            .ok_or_else(|| Rejection::UnknownJob(name.to_string()))?;
+        let errors = plugin
+            .schema
+            .as_ref()
+            .map(|s| s.check(payload))
+            .unwrap_or_default();
+        if errors.is_empty() {
+            Ok(plugin)
+        } else {
+            Err(Rejection::InvalidPayload(errors))
+        }
+    }
+
+    /// Runs one delivery of a raw message body to its outcome.
+    pub fn dispatch(&self, body: &[u8], delivery: &Delivery) -> Report {
+        let report = self.dispatch_inner(body, delivery);
+        log_report(&report);
+        report
+    }
+
+    fn dispatch_inner(&self, body: &[u8], delivery: &Delivery) -> Report {
+        let fallback_id = || {
+            delivery
+                .fallback_id
+                .clone()
+                .unwrap_or_else(|| uuid::Uuid::now_v7().to_string())
+        };
+        let attempt = delivery.attempt.unwrap_or(1).max(1);
+        let envelope = match Envelope::parse(body, self.options.max_body_bytes) {
+            Ok(envelope) => envelope,
+            Err(error) => {
+                let reason = match error {
+                    EnvelopeError::TooLarge { .. } => Reason::TooLarge,
+                    EnvelopeError::Malformed(_) => Reason::Malformed,
+                };
+                return Report::rejected(
+                    fallback_id(),
+                    None,
+                    attempt,
+                    dead_letter(reason, error.to_string()),
+                );
+            }
+        };
+        let job_id = envelope.id.clone().unwrap_or_else(fallback_id);
+        let attempt = delivery.attempt.or(envelope.attempt).unwrap_or(1).max(1);
+        let plugin = match self.check(&envelope.job, &envelope.payload) {
+            Ok(plugin) => plugin,
+            Err(rejection) => {
+                let reason = match rejection {
+                    Rejection::UnknownJob(_) => Reason::UnknownJob,
+                    Rejection::InvalidPayload(_) => Reason::InvalidPayload,
+                };
+                let outcome = dead_letter(reason, rejection.to_string());
+                return Report::rejected(job_id, Some(envelope.job), attempt, outcome);
+            }
+        };
+        self.run(plugin, envelope, job_id, attempt, delivery)
+    }
+
+    fn run(
+        &self,
+        plugin: &Plugin,
+        envelope: Envelope,
+        job_id: String,
+        attempt: u32,
+        delivery: &Delivery,
+    ) -> Report {
+        let limits = &plugin.manifest.limits;
+        let mut policy = plugin.manifest.retry.clone();
+        if let Some(max) = envelope.max_attempts {
+            policy.max_attempts = max.max(1);
+        }
+        let now = SystemTime::now();
+        let mut timeout = Duration::from_millis(limits.timeout_ms);
+        if let Some(cap) = delivery.deadline {
+            timeout = timeout.min(cap.duration_since(now).unwrap_or(Duration::ZERO));
+        }
+        let job = Job {
+            id: job_id.clone(),
+            name: envelope.job.clone(),
+            payload: envelope.payload.to_string(),
+            attempt,
+            max_attempts: policy.max_attempts,
+            enqueued_at: envelope.enqueued_at.unwrap_or_else(|| unix_millis(now)),
+            deadline: unix_millis(now + timeout),
+        };
+        let execution = execute(
+            &self.engine,
+            &plugin.pre,
+            &job,
+            limits,
+            timeout,
+            self.options.max_body_bytes,
+        );
+        let outcome = classify(&execution, &policy, attempt, limits.output_bytes);
+        let Execution {
+            fuel,
+            duration,
+            peak_memory,
+            captured,
+            ..
+        } = execution;
+        let enqueued = if outcome.is_done() {
+            captured.enqueued
+        } else {
+            Vec::new()
+        };
+        Report {
+            job_id,
+            job_name: Some(envelope.job),
+            attempt,
+            outcome,
+            logs: captured.logs,
+            logs_dropped_bytes: captured.dropped_bytes,
+            progress: captured.progress,
+            enqueued,
+            fuel,
+            duration,
+            peak_memory,
+        }
+    }
+}
+
+fn dead_letter(reason: Reason, message: String) -> Outcome {
+    Outcome::DeadLetter { reason, message }
+}
+
+/// Turns a call's result into the queue action, following the outcome table.
+fn classify(execution: &Execution, policy: &RetryPolicy, attempt: u32, output_cap: u64) -> Outcome {
+    let (reason, message, hint) = match &execution.result {
+        Ok(Ok(output)) => {
+            let size = output.as_ref().map_or(0, String::len) as u64;
+            if size > output_cap {
+                let message = format!("output is {size} bytes, over the cap of {output_cap} bytes");
+                return dead_letter(Reason::OutputTooLarge, message);
+            }
+            return Outcome::Done {
+                output: output.clone(),
+            };
+        }
+        Ok(Err(JobError::Permanent(message))) => {
+            return dead_letter(Reason::Permanent, message.clone());
+        }
+        Ok(Err(JobError::Transient(t))) => (
+            Reason::Transient,
+            t.message.clone(),
+            t.retry_after_ms.map(Duration::from_millis),
+        ),
+        Err(error) => {
+            let reason = classify_trap(error, execution.memory_limit_hit);
+            let message = root_cause(error);
+            let retryable = match reason {
+                Reason::Timeout => true,
+                Reason::Trap => policy.retry_traps,
+                _ => false,
+            };
+            if !retryable {
+                return dead_letter(reason, message);
+            }
+            (reason, message, None)
+        }
+    };
+    if !policy.can_retry(attempt) {
+        let message = format!("{message} (gave up after {attempt} attempts)");
+        return dead_letter(reason, message);
+    }
+    let delay = policy.delay(attempt, hint, &mut jitter_rng());
+    Outcome::Retry {
+        reason,
+        message,
+        delay,
+    }
+}
+
+fn classify_trap(error: &wasmtime::Error, memory_limit_hit: bool) -> Reason {
+    if memory_limit_hit {
+        return Reason::MemoryLimit;
+    }
+    match error.downcast_ref::<Trap>() {
+        Some(Trap::OutOfFuel) => Reason::FuelExhausted,
+        Some(Trap::Interrupt) => Reason::Timeout,
+        _ => Reason::Trap,
+    }
+}
+
+fn unix_millis(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn log_report(report: &Report) {
+    let outcome = report.outcome.kind();
+    let reason = report.outcome.reason().map(Reason::as_str);
+    let duration_us = u64::try_from(report.duration.as_micros()).unwrap_or(u64::MAX);
+    let name = report.job_name.as_deref().unwrap_or("");
+    if report.outcome.is_done() {
+        tracing::debug!(job.id = %report.job_id, job.name = name, attempt = report.attempt, outcome, duration_us, fuel = report.fuel, "job finished");
+    } else {
+        let message = report.outcome.message().unwrap_or("");
+        tracing::info!(job.id = %report.job_id, job.name = name, attempt = report.attempt, outcome, reason, message, duration_us, fuel = report.fuel, "job failed");
+    }
+}

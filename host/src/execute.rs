@@ -1,0 +1,129 @@
+//! One call into a handler in a fresh instance: build the store with the job's limits,
+//! instantiate from the `InstancePre`, call, and collect what the job consumed.
+//!
+//! Main types: [`Execution`], [`execute`], [`describe`].
+
+use std::time::{Duration, Instant};
+
+use wasmtime::Store;
+
+use crate::bindings::{HandlerInfo, Job, JobError, JobPluginPre};
+use crate::capture::{Capture, Captured};
+use crate::engine::{EPOCH_TICK_MS, JobEngine};
+use crate::limits::Limits;
+use crate::state::JobState;
+
+/// What `handle` returned, or the trap that ended it.
+pub type CallResult = Result<Result<Option<String>, JobError>, wasmtime::Error>;
+
+/// The result of one call, with what it consumed.
+pub struct Execution {
+    /// The call's result.
+    pub result: CallResult,
+    /// Whether the memory limiter refused a growth (the trap, if any, is a memory limit).
+    pub memory_limit_hit: bool,
+    /// Fuel consumed.
+    pub fuel: u64,
+    /// Wall-clock time, including instantiation.
+    pub duration: Duration,
+    /// Peak linear memory, in bytes.
+    pub peak_memory: u64,
+    /// Logs, progress and follow-up jobs.
+    pub captured: Captured,
+}
+
+fn new_store(
+    engine: &JobEngine,
+    limits: &Limits,
+    timeout: Duration,
+    payload_cap: usize,
+) -> (Store<JobState>, Capture) {
+    let capture = Capture::new(limits, payload_cap);
+    let mut store = Store::new(engine.engine(), JobState::new(limits, capture.clone()));
+    store.limiter(|state| &mut state.limiter);
+    if engine.meters_fuel() {
+        // Only fails when fuel is not enabled, which `meters_fuel` rules out.
+        let _ = store.set_fuel(limits.fuel);
+    }
+    let millis = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+    // The current tick is partly over, so one more tick guarantees at least `timeout`.
+    store.set_epoch_deadline(millis.div_ceil(EPOCH_TICK_MS) + 1);
+    (store, capture)
+}
+
+fn fuel_used(store: &Store<JobState>, limits: &Limits, engine: &JobEngine) -> u64 {
+    if !engine.meters_fuel() {
+        return 0;
+    }
+    limits.fuel.saturating_sub(store.get_fuel().unwrap_or(0))
+}
+
+/// Runs `handle(job)` in a fresh instance under `limits`, interrupted after `timeout`.
+pub fn execute(
+    engine: &JobEngine,
+    pre: &JobPluginPre<JobState>,
+    job: &Job,
+    limits: &Limits,
+    timeout: Duration,
+    payload_cap: usize,
+) -> Execution {
+    let started = Instant::now();
+    let (mut store, capture) = new_store(engine, limits, timeout, payload_cap);
+    let result = pre
+        .instantiate(&mut store)
+        .and_then(|plugin| plugin.jobhost_plugin_handler().call_handle(&mut store, job));
+    let duration = started.elapsed();
+    let fuel = fuel_used(&store, limits, engine);
+    let state = store.data();
+    let memory_limit_hit = state.limiter.hit_limit();
+    let peak_memory = state.limiter.peak_bytes() as u64;
+    drop(store);
+    Execution {
+        result,
+        memory_limit_hit,
+        fuel,
+        duration,
+        peak_memory,
+        captured: capture.finish(),
+    }
+}
+
+/// Calls `describe()` once, under the handler's limits, when the handler is loaded.
+pub fn describe(
+    engine: &JobEngine,
+    pre: &JobPluginPre<JobState>,
+    limits: &Limits,
+) -> Result<HandlerInfo, String> {
+    let timeout = Duration::from_millis(limits.timeout_ms);
+    let (mut store, capture) = new_store(engine, limits, timeout, 0);
+    let info = pre
+        .instantiate(&mut store)
+        .and_then(|plugin| plugin.jobhost_plugin_handler().call_describe(&mut store));
+    let captured = capture.finish();
+    info.map_err(|error| {
+        let last_log = captured
+            .logs
+            .last()
+            .map(|l| format!(" (last log: {})", l.message))
+            .unwrap_or_default();
+        format!("describe() failed: {}{last_log}", root_cause(&error))
+    })
+}
+
+/// The root cause of a call's error, without the wasm backtrace wasmtime wraps it in.
+pub fn root_cause(error: &wasmtime::Error) -> String {
+    error
+        .chain()
+        .last()
+        .map_or_else(|| error.to_string(), ToString::to_string)
+}
+
+/// The error and its causes on one line.
+pub fn error_chain(error: &wasmtime::Error) -> String {
+    let mut text = error.to_string();
+    for cause in error.chain().skip(1) {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+    }
+    text
+}

@@ -1,0 +1,166 @@
+//! The `jobhost` binary.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use clap::Parser as _;
+use jobhost::cli::{Cli, Command, CompileArgs, ExecArgs, InspectArgs, LogFormat};
+use jobhost::config::DEFAULT_CACHE_DIR_NAME;
+use jobhost::{ArtifactCache, Delivery, EngineOptions, Envelope, JobEngine, Loader};
+
+/// Exit code for a job that did not finish as done.
+const EXIT_NOT_DONE: u8 = 1;
+/// Exit code for usage and load errors.
+const EXIT_USAGE: u8 = 2;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.log_format, &cli.log);
+    let result = match cli.command {
+        Command::Exec(args) => exec(args),
+        Command::Inspect(args) => inspect(args),
+        Command::Compile(args) => compile(args),
+    };
+    result.unwrap_or_else(|error| {
+        eprintln!("error: {error:#}");
+        ExitCode::from(EXIT_USAGE)
+    })
+}
+
+fn init_tracing(format: LogFormat, filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn exec(args: ExecArgs) -> anyhow::Result<ExitCode> {
+    let payload: serde_json::Value = serde_json::from_str(&args.payload)
+        .with_context(|| format!("the payload is not JSON: {}", args.payload))?;
+    let dispatcher = args.host.config().start()?;
+    if let Some(error) = dispatcher.plugins().errors().iter().find(|e| {
+        e.files
+            .first()
+            .and_then(|f| f.file_stem())
+            .is_some_and(|stem| stem == args.name.as_str())
+    }) {
+        anyhow::bail!("the handler for `{}` failed to load: {error}", args.name);
+    }
+    let envelope = Envelope {
+        id: args.id.clone(),
+        job: args.name.clone(),
+        payload,
+        attempt: Some(args.attempt),
+        max_attempts: None,
+        enqueued_at: None,
+        not_before: None,
+    };
+    let report = dispatcher.dispatch(envelope.to_body().as_bytes(), &Delivery::default());
+    println!("{}", report.to_json());
+    Ok(if report.outcome.is_done() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_NOT_DONE)
+    })
+}
+
+fn inspect(args: InspectArgs) -> anyhow::Result<ExitCode> {
+    let engine = Arc::new(JobEngine::new(EngineOptions::default())?);
+    let cache_dir = args.cache_dir.clone().unwrap_or_else(|| {
+        args.file
+            .parent()
+            .unwrap_or(std::path::Path::new("."))
+            .join(DEFAULT_CACHE_DIR_NAME)
+    });
+    let cache = ArtifactCache::new(cache_dir);
+    let bytes = std::fs::read(&args.file)
+        .with_context(|| format!("cannot read {}", args.file.display()))?;
+    let cached = cache.contains(engine.engine(), &bytes);
+    let loader = Loader::new(engine, Some(cache))?;
+    let plugin = loader.load_file(&args.file)?;
+    let wasi: Vec<&String> = plugin
+        .imports
+        .iter()
+        .filter(|i| i.starts_with("wasi:"))
+        .collect();
+    let schema: Option<serde_json::Value> = plugin
+        .schema
+        .as_ref()
+        .and_then(|s| serde_json::from_str(s.text()).ok());
+    let report = serde_json::json!({
+        "file": args.file,
+        "names": plugin.names,
+        "version": plugin.version,
+        "schema": schema,
+        "schema_source": format!("{:?}", plugin.schema_source),
+        "imports": plugin.imports,
+        "wasi_imports": wasi,
+        "manifest": plugin.manifest,
+        "precompiled_cached": cached,
+    });
+    if args.json {
+        println!("{report}");
+    } else {
+        println!("file:      {}", args.file.display());
+        println!("names:     {}", plugin.names.join(", "));
+        println!("version:   {}", plugin.version);
+        println!(
+            "schema:    {}",
+            schema.map_or("none".into(), |s| s.to_string())
+        );
+        println!("imports:   {}", plugin.imports.join(", "));
+        println!(
+            "precompiled artifact cached: {}",
+            if cached { "yes" } else { "no" }
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn compile(args: CompileArgs) -> anyhow::Result<ExitCode> {
+    let options = EngineOptions {
+        target: args.target.clone(),
+        ..EngineOptions::default()
+    };
+    let engine = JobEngine::new(options)?;
+    let cache = ArtifactCache::new(
+        args.cache_dir
+            .clone()
+            .unwrap_or_else(|| args.dir.join(DEFAULT_CACHE_DIR_NAME)),
+    );
+    let mut failed = 0;
+    let mut files: Vec<_> = std::fs::read_dir(&args.dir)
+        .with_context(|| format!("cannot read {}", args.dir.display()))?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "wasm"))
+        .collect();
+    files.sort();
+    for file in files {
+        let result = std::fs::read(&file)
+            .map_err(anyhow::Error::from)
+            .and_then(|bytes| {
+                cache
+                    .precompile(engine.engine(), &bytes)
+                    .map_err(anyhow::Error::from)
+            });
+        match result {
+            Ok(path) => println!("{} -> {}", file.display(), path.display()),
+            Err(error) => {
+                failed += 1;
+                eprintln!("error: {}: {error:#}", file.display());
+            }
+        }
+    }
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_USAGE)
+    })
+}

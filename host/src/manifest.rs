@@ -1,0 +1,115 @@
+//! A handler's manifest: the optional `NAME.toml` sidecar next to `NAME.wasm`.
+//!
+//! ```toml
+//! [limits]
+//! fuel = 1_000_000_000
+//! timeout-ms = 5_000
+//!
+//! [retry]
+//! max-attempts = 3
+//! ```
+//!
+//! Unknown keys are errors, so a typo never silently falls back to a default.
+//! Main type: [`Manifest`].
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::limits::Limits;
+use crate::retry::RetryPolicy;
+
+/// Everything a handler's manifest may configure.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default, rename_all = "kebab-case")]
+pub struct Manifest {
+    /// Resource limits per job.
+    pub limits: Limits,
+    /// Retry policy.
+    pub retry: RetryPolicy,
+}
+
+/// A manifest that could not be read or parsed.
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    /// The file exists but could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The manifest's path.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not a valid manifest.
+    #[error("invalid manifest {path}: {message}")]
+    Parse {
+        /// The manifest's path.
+        path: String,
+        /// What is wrong, from the TOML parser.
+        message: String,
+    },
+}
+
+impl Manifest {
+    /// Parses manifest text; `origin` names the file in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Self, ManifestError> {
+        let manifest: Manifest = toml::from_str(text).map_err(|e| ManifestError::Parse {
+            path: origin.to_string(),
+            message: e.to_string(),
+        })?;
+        manifest
+            .validate()
+            .map_err(|message| ManifestError::Parse {
+                path: origin.to_string(),
+                message,
+            })?;
+        Ok(manifest)
+    }
+
+    /// Reads the manifest at `path`, or the defaults when there is no such file.
+    pub fn load_or_default(path: &Path) -> Result<Self, ManifestError> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => Self::parse(&text, &path.display().to_string()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
+            Err(source) => Err(ManifestError::Read {
+                path: path.display().to_string(),
+                source,
+            }),
+        }
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if self.retry.max_attempts == 0 {
+            return Err("retry.max-attempts must be at least 1".into());
+        }
+        if self.limits.timeout_ms == 0 {
+            return Err("limits.timeout-ms must be at least 1".into());
+        }
+        if !(self.retry.backoff_factor.is_finite() && self.retry.backoff_factor >= 1.0) {
+            return Err("retry.backoff-factor must be a number >= 1".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_typo_is_an_error_that_names_the_key() {
+        let Err(err) = Manifest::parse("[limits]\nfuell = 3\n", "x.toml") else {
+            panic!("a typo must be refused");
+        };
+        let text = err.to_string();
+        assert!(text.contains("x.toml") && text.contains("fuell"), "{text}");
+    }
+
+    #[test]
+    fn partial_tables_keep_the_other_defaults() -> Result<(), ManifestError> {
+        let manifest = Manifest::parse("[limits]\ntimeout-ms = 5\n", "x.toml")?;
+        assert_eq!(manifest.limits.timeout_ms, 5);
+        assert_eq!(manifest.limits.fuel, Limits::default().fuel);
+        Ok(())
+    }
+}

@@ -1,0 +1,309 @@
+//! Loading handlers: every `*.wasm` in a folder, each with optional sidecars `NAME.toml`
+//! (manifest) and `NAME.schema.json` (schema override). A handler that cannot be loaded is
+//! reported with the file(s) at fault and skipped; the rest load.
+//!
+//! Main types: [`Loader`], [`Plugin`], [`PluginSet`], [`LoadError`].
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use wasmtime::component::{Component, HasSelf, Linker};
+
+use crate::bindings::{JobPlugin, JobPluginPre};
+use crate::cache::{ArtifactCache, ArtifactSource};
+use crate::engine::JobEngine;
+use crate::execute::{describe, error_chain};
+use crate::manifest::Manifest;
+use crate::schema::PayloadSchema;
+use crate::state::JobState;
+
+/// The longest job name a handler may claim.
+const MAX_NAME_BYTES: usize = 256;
+
+/// Where a handler's schema came from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SchemaSource {
+    /// The handler has no schema: every JSON payload is accepted.
+    None,
+    /// From `describe()`.
+    Describe,
+    /// From the sidecar file.
+    Sidecar(PathBuf),
+}
+
+/// A loaded handler, ready to be instantiated per job.
+pub struct Plugin {
+    /// The component file.
+    pub path: PathBuf,
+    /// The job names it accepts.
+    pub names: Vec<String>,
+    /// Its version, from `describe()`.
+    pub version: String,
+    /// The compiled payload schema.
+    pub schema: Option<PayloadSchema>,
+    /// Where the schema came from.
+    pub schema_source: SchemaSource,
+    /// The manifest (defaults when there is no sidecar).
+    pub manifest: Manifest,
+    /// The names of what the component imports.
+    pub imports: Vec<String>,
+    /// Whether the compiled form came from the cache.
+    pub artifact: ArtifactSource,
+    pub(crate) pre: JobPluginPre<JobState>,
+}
+
+impl std::fmt::Debug for Plugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plugin")
+            .field("path", &self.path)
+            .field("names", &self.names)
+            .field("version", &self.version)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A handler that could not be loaded, naming the file(s) at fault.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LoadError {
+    /// The files involved (the component, a sidecar, or two components claiming one name).
+    pub files: Vec<PathBuf>,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl std::fmt::Display for LoadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let files: Vec<String> = self.files.iter().map(|p| p.display().to_string()).collect();
+        write!(f, "{}: {}", files.join(", "), self.message)
+    }
+}
+
+impl std::error::Error for LoadError {}
+
+impl LoadError {
+    fn new(file: &Path, message: impl Into<String>) -> Self {
+        Self {
+            files: vec![file.to_path_buf()],
+            message: message.into(),
+        }
+    }
+}
+
+/// The handlers of one folder, indexed by job name.
+#[derive(Debug, Default)]
+pub struct PluginSet {
+    plugins: Vec<Arc<Plugin>>,
+    by_name: HashMap<String, Arc<Plugin>>,
+    errors: Vec<LoadError>,
+}
+
+impl PluginSet {
+    /// The handler for a job name.
+    pub fn get(&self, name: &str) -> Option<&Arc<Plugin>> {
+        self.by_name.get(name)
+    }
+
+    /// Every loaded handler, in file-name order.
+    pub fn plugins(&self) -> &[Arc<Plugin>] {
+        &self.plugins
+    }
+
+    /// What could not be loaded.
+    pub fn errors(&self) -> &[LoadError] {
+        &self.errors
+    }
+
+    /// Every job name served, sorted.
+    pub fn names(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self.by_name.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        names
+    }
+
+    fn insert(&mut self, plugin: Plugin) {
+        // Two handlers claiming one name: the first (in file-name order) keeps it, the
+        // later one is skipped whole, and the error names both files.
+        if let Some((name, owner)) = plugin
+            .names
+            .iter()
+            .find_map(|name| self.by_name.get(name).map(|owner| (name, owner)))
+        {
+            self.errors.push(LoadError {
+                files: vec![plugin.path.clone(), owner.path.clone()],
+                message: format!(
+                    "job name `{name}` is already claimed by {}; skipping this handler",
+                    owner.path.display()
+                ),
+            });
+            return;
+        }
+        let plugin = Arc::new(plugin);
+        for name in &plugin.names {
+            self.by_name.insert(name.clone(), plugin.clone());
+        }
+        self.plugins.push(plugin);
+    }
+}
+
+/// Loads components with one engine, one linker and one artifact cache.
+pub struct Loader {
+    engine: Arc<JobEngine>,
+    linker: Linker<JobState>,
+    cache: Option<ArtifactCache>,
+}
+
+impl Loader {
+    /// A loader; `cache` is where precompiled artifacts are kept (none: always compile).
+    pub fn new(engine: Arc<JobEngine>, cache: Option<ArtifactCache>) -> anyhow::Result<Self> {
+        let mut linker = Linker::new(engine.engine());
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(anyhow::Error::from)?;
+        JobPlugin::add_to_linker::<_, HasSelf<JobState>>(&mut linker, |state| state)
+            .map_err(anyhow::Error::from)?;
+        Ok(Self {
+            engine,
+            linker,
+            cache,
+        })
+    }
+
+    /// The engine.
+    pub fn engine(&self) -> &Arc<JobEngine> {
+        &self.engine
+    }
+
+    /// Loads every `*.wasm` in `dir`. Fails only when the folder cannot be read; a bad
+    /// handler is recorded in [`PluginSet::errors`] and skipped.
+    pub fn load_dir(&self, dir: &Path) -> anyhow::Result<PluginSet> {
+        let mut files = wasm_files(dir)?;
+        files.sort();
+        let mut set = PluginSet::default();
+        for file in files {
+            match self.load_file(&file) {
+                Ok(plugin) => set.insert(plugin),
+                Err(error) => set.errors.push(error),
+            }
+        }
+        for error in &set.errors {
+            tracing::error!(error = %error, "handler not loaded");
+        }
+        Ok(set)
+    }
+
+    /// Loads one component with its sidecars.
+    pub fn load_file(&self, path: &Path) -> Result<Plugin, LoadError> {
+        let bytes =
+            std::fs::read(path).map_err(|e| LoadError::new(path, format!("cannot read: {e}")))?;
+        check_is_component(&bytes).map_err(|m| LoadError::new(path, m))?;
+        let manifest_path = path.with_extension("toml");
+        let manifest = Manifest::load_or_default(&manifest_path)
+            .map_err(|e| LoadError::new(&manifest_path, e.to_string()))?;
+        let (component, artifact) = self.compile(&bytes).map_err(|e| LoadError::new(path, e))?;
+        let imports = import_names(&component, &self.engine);
+        let pre = self
+            .linker
+            .instantiate_pre(&component)
+            .and_then(JobPluginPre::new)
+            .map_err(|e| {
+                LoadError::new(
+                    path,
+                    format!(
+                        "does not fit the jobhost:plugin/job-plugin world: {}",
+                        error_chain(&e)
+                    ),
+                )
+            })?;
+        let info =
+            describe(&self.engine, &pre, &manifest.limits).map_err(|m| LoadError::new(path, m))?;
+        let names = check_names(info.names).map_err(|m| LoadError::new(path, m))?;
+        let (schema, schema_source) = load_schema(path, info.schema.as_deref())?;
+        tracing::debug!(path = %path.display(), names = ?names, cached = artifact == ArtifactSource::Cached, "handler loaded");
+        Ok(Plugin {
+            path: path.to_path_buf(),
+            names,
+            version: info.version,
+            schema,
+            schema_source,
+            manifest,
+            imports,
+            artifact,
+            pre,
+        })
+    }
+
+    fn compile(&self, bytes: &[u8]) -> Result<(Component, ArtifactSource), String> {
+        let engine = self.engine.engine();
+        let compiled = match &self.cache {
+            Some(cache) => cache.load(engine, bytes),
+            None => Component::new(engine, bytes).map(|c| (c, ArtifactSource::Compiled)),
+        };
+        compiled.map_err(|e| format!("not a valid component: {}", error_chain(&e)))
+    }
+}
+
+fn wasm_files(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let entries = std::fs::read_dir(dir)
+        .map_err(|e| anyhow::anyhow!("cannot read the plugins folder {}: {e}", dir.display()))?;
+    Ok(entries
+        .filter_map(Result::ok)
+        .map(|entry| entry.path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "wasm") && path.is_file())
+        .collect())
+}
+
+/// Tells a component from a core module (a common mistake) from anything else.
+pub fn check_is_component(bytes: &[u8]) -> Result<(), String> {
+    match bytes.get(..8) {
+        Some([0, b'a', b's', b'm', 0x0d, 0, 0x01, 0]) => Ok(()),
+        Some([0, b'a', b's', b'm', 1, 0, 0, 0]) => Err(
+            "is a core wasm module, not a component: build it for wasm32-wasip2, or wrap it with `wasm-tools component new`".into(),
+        ),
+        _ => Err("is not a WebAssembly component (bad magic number)".into()),
+    }
+}
+
+fn check_names(names: Vec<String>) -> Result<Vec<String>, String> {
+    if names.is_empty() {
+        return Err("describe() returned no job names".into());
+    }
+    if let Some(bad) = names
+        .iter()
+        .find(|n| n.trim().is_empty() || n.len() > MAX_NAME_BYTES)
+    {
+        return Err(format!(
+            "describe() returned an invalid job name {bad:?} (1 to {MAX_NAME_BYTES} bytes)"
+        ));
+    }
+    Ok(names)
+}
+
+fn load_schema(
+    path: &Path,
+    described: Option<&str>,
+) -> Result<(Option<PayloadSchema>, SchemaSource), LoadError> {
+    let sidecar = path.with_extension("schema.json");
+    if sidecar.is_file() {
+        let text = std::fs::read_to_string(&sidecar)
+            .map_err(|e| LoadError::new(&sidecar, format!("cannot read: {e}")))?;
+        let schema = PayloadSchema::compile(&text).map_err(|m| LoadError::new(&sidecar, m))?;
+        return Ok((Some(schema), SchemaSource::Sidecar(sidecar)));
+    }
+    match described {
+        Some(text) => {
+            let schema = PayloadSchema::compile(text).map_err(|m| {
+                LoadError::new(path, format!("the schema from describe() is unusable: {m}"))
+            })?;
+            Ok((Some(schema), SchemaSource::Describe))
+        }
+        None => Ok((None, SchemaSource::None)),
+    }
+}
+
+/// The names of a component's imports (WASI interfaces, the host interface).
+pub fn import_names(component: &Component, engine: &JobEngine) -> Vec<String> {
+    component
+        .component_type()
+        .imports(engine.engine())
+        .map(|(name, _)| name.to_string())
+        .collect()
+}

@@ -1,0 +1,138 @@
+//! The `jobhost` binary, run as a user would.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use jobhost_tests::{Handlers, fixtures, shared_cache_dir};
+use serde_json::Value;
+
+/// The `jobhost` binary next to this test executable (built by `cargo xtask test`).
+fn jobhost() -> anyhow::Result<Command> {
+    let exe = std::env::current_exe()?;
+    let dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .map(PathBuf::from);
+    let bin = dir.map(|d| d.join("jobhost")).filter(|p| p.is_file());
+    let bin = bin.ok_or_else(|| {
+        anyhow::anyhow!("the jobhost binary is not built: run `cargo xtask test`")
+    })?;
+    let mut command = Command::new(bin);
+    command.env("JOBHOST_CACHE_DIR", shared_cache_dir());
+    Ok(command)
+}
+
+fn exec(handlers: &Handlers, args: &[&str]) -> anyhow::Result<(i32, Value, String)> {
+    let output = jobhost()?
+        .arg("exec")
+        .arg("--plugins")
+        .arg(handlers.path())
+        .args(args)
+        .output()?;
+    let stdout = String::from_utf8(output.stdout)?;
+    let report = if stdout.trim().is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&stdout)?
+    };
+    Ok((
+        output.status.code().unwrap_or(-1),
+        report,
+        String::from_utf8(output.stderr)?,
+    ))
+}
+
+#[test]
+fn exec_prints_one_report_and_exits_by_outcome() -> anyhow::Result<()> {
+    let handlers = Handlers::new()?;
+    handlers.add(fixtures::ECHO, "echo")?;
+    handlers.add(fixtures::TRANSIENT, "transient")?;
+    let (code, report, _) = exec(&handlers, &["echo", r#"{"message": "hello"}"#])?;
+    assert_eq!(code, 0);
+    assert_eq!(report["outcome"], "done");
+    assert_eq!(report["output"]["echo"], "hello");
+    for key in [
+        "logs",
+        "enqueued",
+        "fuel",
+        "duration_us",
+        "peak_memory",
+        "reason",
+    ] {
+        assert!(report.get(key).is_some(), "missing {key} in {report}");
+    }
+    let (code, report, _) = exec(
+        &handlers,
+        &["transient", r#"{"succeed_on": 3}"#, "--attempt", "3"],
+    )?;
+    assert_eq!((code, report["outcome"].as_str()), (0, Some("done")));
+    let (code, report, _) = exec(&handlers, &["transient", r#"{"succeed_on": 3}"#])?;
+    assert_eq!(
+        (code, report["outcome"].as_str(), report["reason"].as_str()),
+        (1, Some("retry"), Some("transient"))
+    );
+    let (code, report, _) = exec(&handlers, &["nobody", "{}"])?;
+    assert_eq!((code, report["reason"].as_str()), (1, Some("unknown-job")));
+    Ok(())
+}
+
+#[test]
+fn exec_usage_and_load_errors_exit_2() -> anyhow::Result<()> {
+    let handlers = Handlers::new()?;
+    handlers.add(fixtures::ECHO, "echo")?;
+    let (code, _, stderr) = exec(&handlers, &["echo", "{not json"])?;
+    assert_eq!(code, 2);
+    assert!(stderr.contains("not JSON"), "{stderr}");
+    handlers.sidecar("echo", "toml", "[limits]\nbogus = 1\n")?;
+    let (code, _, stderr) = exec(&handlers, &["echo", "{}"])?;
+    assert_eq!(code, 2);
+    assert!(
+        stderr.contains("echo.toml") && stderr.contains("bogus"),
+        "{stderr}"
+    );
+    Ok(())
+}
+
+#[test]
+fn inspect_and_compile() -> anyhow::Result<()> {
+    let handlers = Handlers::new()?;
+    handlers.add(fixtures::ECHO, "echo")?;
+    let cache = tempfile::tempdir()?;
+    let inspect = |cache: &std::path::Path| -> anyhow::Result<Value> {
+        let output = jobhost()?
+            .args(["inspect", "--json"])
+            .arg(handlers.file("echo", "wasm"))
+            .env("JOBHOST_CACHE_DIR", cache)
+            .output()?;
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        Ok(serde_json::from_slice(&output.stdout)?)
+    };
+    let before = inspect(cache.path())?;
+    assert_eq!(before["names"], serde_json::json!(["echo", "echo-alias"]));
+    assert_eq!(before["schema"]["required"], serde_json::json!(["message"]));
+    assert!(
+        before["wasi_imports"]
+            .as_array()
+            .is_some_and(|a| !a.is_empty())
+    );
+    assert!(
+        before["imports"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|i| i
+                .as_str()
+                .is_some_and(|s| s.starts_with("jobhost:plugin/host"))))
+    );
+    let compiled = jobhost()?
+        .arg("compile")
+        .arg(handlers.path())
+        .env("JOBHOST_CACHE_DIR", cache.path())
+        .output()?;
+    assert!(compiled.status.success());
+    let after = inspect(cache.path())?;
+    assert_eq!(after["precompiled_cached"], true);
+    Ok(())
+}

@@ -1,0 +1,5 @@
+//! jobhost's integration tests: one binary, a module per topic.
+
+mod cli;
+mod loading;
+mod outcomes;
