@@ -41,6 +41,165 @@ pub enum Command {
     Inspect(InspectArgs),
     /// Precompile every handler of a folder into the artifact cache.
     Compile(CompileArgs),
+    /// Run the host on the embedded queue: take jobs, run them, record the outcomes.
+    Run(RunArgs),
+    /// Enqueue a job (or many, with --file) into the embedded queue.
+    Enqueue(EnqueueArgs),
+    /// Look at or cancel jobs in the embedded queue.
+    #[command(subcommand)]
+    Jobs(JobsCommand),
+    /// The dead-letter queue: list, redrive, purge.
+    #[command(subcommand)]
+    Dlq(DlqCommand),
+    /// Counts by job name and state, and the age of the oldest due job.
+    Stats(DbArgs),
+}
+
+/// The queue file.
+#[derive(Debug, Args)]
+pub struct DbArgs {
+    /// The embedded queue's SQLite file.
+    #[arg(long, env = "JOBHOST_DB", default_value = "./jobhost.db")]
+    pub db: PathBuf,
+}
+
+/// `jobhost run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Host options.
+    #[command(flatten)]
+    pub host: HostArgs,
+    /// The queue file.
+    #[command(flatten)]
+    pub db: DbArgs,
+    /// Jobs running at once (default: two per core).
+    #[arg(long, env = "JOBHOST_CONCURRENCY")]
+    pub concurrency: Option<usize>,
+    /// Exit 0 once nothing is due or running.
+    #[arg(long, env = "JOBHOST_DRAIN")]
+    pub drain: bool,
+    /// Serve the HTTP API (default address 127.0.0.1:8080).
+    #[arg(long, env = "JOBHOST_HTTP", num_args = 0..=1, default_missing_value = "127.0.0.1:8080")]
+    pub http: Option<std::net::SocketAddr>,
+    /// How long a claimed job is leased before another worker may take it
+    /// (default: the longest handler timeout plus 1m).
+    #[arg(long, env = "JOBHOST_LEASE", value_parser = crate::request::parse_delay)]
+    pub lease: Option<std::time::Duration>,
+    /// How long running jobs may finish after SIGINT/SIGTERM.
+    #[arg(long, env = "JOBHOST_GRACE", default_value = "30s", value_parser = crate::request::parse_delay)]
+    pub grace: std::time::Duration,
+    /// The most done jobs kept.
+    #[arg(long, env = "JOBHOST_RETAIN_DONE", default_value_t = 100_000)]
+    pub retain_done: u64,
+    /// How long done jobs are kept.
+    #[arg(long, env = "JOBHOST_RETAIN_DONE_FOR", default_value = "7d", value_parser = crate::request::parse_delay)]
+    pub retain_done_for: std::time::Duration,
+}
+
+/// `jobhost enqueue`.
+#[derive(Debug, Args)]
+pub struct EnqueueArgs {
+    /// The queue file.
+    #[command(flatten)]
+    pub db: DbArgs,
+    /// Check payloads against the handlers of this folder first.
+    #[arg(long, env = "JOBHOST_PLUGINS")]
+    pub plugins: Option<PathBuf>,
+    /// The job name.
+    #[arg(required_unless_present = "file")]
+    pub name: Option<String>,
+    /// The payload, as JSON.
+    pub payload: Option<String>,
+    /// Run after this delay, e.g. 10m.
+    #[arg(long, conflicts_with = "at")]
+    pub delay: Option<String>,
+    /// Run at this time (RFC 3339).
+    #[arg(long)]
+    pub at: Option<String>,
+    /// Higher runs first.
+    #[arg(long)]
+    pub priority: Option<i32>,
+    /// At most one queued or running job with this key.
+    #[arg(long)]
+    pub unique: Option<String>,
+    /// Overrides the handler's max attempts.
+    #[arg(long)]
+    pub max_attempts: Option<u32>,
+    /// Enqueue every line of this NDJSON file (`{"job", "payload", ...}`), in one
+    /// transaction; `-` reads standard input.
+    #[arg(long, conflicts_with = "name")]
+    pub file: Option<PathBuf>,
+}
+
+/// `jobhost jobs ...`.
+#[derive(Debug, Subcommand)]
+pub enum JobsCommand {
+    /// List jobs, newest first.
+    List {
+        /// The queue file.
+        #[command(flatten)]
+        db: DbArgs,
+        /// Only this state (queued, running, done, dead, cancelled).
+        #[arg(long)]
+        state: Option<String>,
+        /// Only this job name.
+        #[arg(long)]
+        name: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one job: state, attempts, progress, output, last error.
+    Show {
+        /// The queue file.
+        #[command(flatten)]
+        db: DbArgs,
+        /// The job id.
+        id: String,
+    },
+    /// Cancel a queued job.
+    Cancel {
+        /// The queue file.
+        #[command(flatten)]
+        db: DbArgs,
+        /// The job id.
+        id: String,
+    },
+}
+
+/// `jobhost dlq ...`.
+#[derive(Debug, Subcommand)]
+pub enum DlqCommand {
+    /// List dead-lettered jobs with their reasons.
+    List {
+        /// The queue file.
+        #[command(flatten)]
+        db: DbArgs,
+        /// At most this many.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+    /// Put dead jobs back in the queue, attempts reset.
+    Redrive {
+        /// The queue file.
+        #[command(flatten)]
+        db: DbArgs,
+        /// The job id.
+        #[arg(required_unless_present = "all")]
+        id: Option<String>,
+        /// Every dead job.
+        #[arg(long, conflicts_with = "id")]
+        all: bool,
+    },
+    /// Delete every dead job.
+    Purge {
+        /// The queue file.
+        #[command(flatten)]
+        db: DbArgs,
+    },
 }
 
 /// Options shared by every command that loads a plugins folder.

@@ -112,48 +112,48 @@ impl Dispatcher {
 
     /// Runs one delivery of a raw message body to its outcome.
     pub fn dispatch(&self, body: &[u8], delivery: &Delivery) -> Report {
-        let report = self.dispatch_inner(body, delivery);
-        log_report(&report);
-        report
-    }
-
-    fn dispatch_inner(&self, body: &[u8], delivery: &Delivery) -> Report {
-        let fallback_id = || {
-            delivery
-                .fallback_id
-                .clone()
-                .unwrap_or_else(|| uuid::Uuid::now_v7().to_string())
-        };
-        let attempt = delivery.attempt.unwrap_or(1).max(1);
-        let envelope = match Envelope::parse(body, self.options.max_body_bytes) {
-            Ok(envelope) => envelope,
+        let report = match Envelope::parse(body, self.options.max_body_bytes) {
+            Ok(envelope) => self.route(envelope, delivery),
             Err(error) => {
                 let reason = match error {
                     EnvelopeError::TooLarge { .. } => Reason::TooLarge,
                     EnvelopeError::Malformed(_) => Reason::Malformed,
                 };
-                return Report::rejected(
-                    fallback_id(),
-                    None,
-                    attempt,
-                    dead_letter(reason, error.to_string()),
-                );
+                let id = delivery.fallback_id.clone().unwrap_or_else(new_id);
+                let attempt = delivery.attempt.unwrap_or(1).max(1);
+                Report::rejected(id, None, attempt, dead_letter(reason, error.to_string()))
             }
         };
-        let job_id = envelope.id.clone().unwrap_or_else(fallback_id);
+        log_report(&report);
+        report
+    }
+
+    /// Runs one delivery of an already-parsed envelope (a queue that stores jobs
+    /// structured skips the parse).
+    pub fn dispatch_envelope(&self, envelope: Envelope, delivery: &Delivery) -> Report {
+        let report = self.route(envelope, delivery);
+        log_report(&report);
+        report
+    }
+
+    fn route(&self, envelope: Envelope, delivery: &Delivery) -> Report {
+        let job_id = envelope
+            .id
+            .clone()
+            .or_else(|| delivery.fallback_id.clone())
+            .unwrap_or_else(new_id);
         let attempt = delivery.attempt.or(envelope.attempt).unwrap_or(1).max(1);
-        let plugin = match self.check(&envelope.job, &envelope.payload) {
-            Ok(plugin) => plugin,
+        match self.check(&envelope.job, &envelope.payload) {
+            Ok(plugin) => self.run(plugin, envelope, job_id, attempt, delivery),
             Err(rejection) => {
                 let reason = match rejection {
                     Rejection::UnknownJob(_) => Reason::UnknownJob,
                     Rejection::InvalidPayload(_) => Reason::InvalidPayload,
                 };
                 let outcome = dead_letter(reason, rejection.to_string());
-                return Report::rejected(job_id, Some(envelope.job), attempt, outcome);
+                Report::rejected(job_id, Some(envelope.job), attempt, outcome)
             }
-        };
-        self.run(plugin, envelope, job_id, attempt, delivery)
+        }
     }
 
     fn run(
@@ -218,6 +218,10 @@ impl Dispatcher {
             peak_memory,
         }
     }
+}
+
+fn new_id() -> String {
+    uuid::Uuid::now_v7().to_string()
 }
 
 fn dead_letter(reason: Reason, message: String) -> Outcome {

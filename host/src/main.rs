@@ -1,5 +1,7 @@
 //! The `jobhost` binary.
 
+mod admin;
+
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -10,9 +12,9 @@ use jobhost::config::DEFAULT_CACHE_DIR_NAME;
 use jobhost::{ArtifactCache, Delivery, EngineOptions, Envelope, JobEngine, Loader};
 
 /// Exit code for a job that did not finish as done.
-const EXIT_NOT_DONE: u8 = 1;
+pub(crate) const EXIT_NOT_DONE: u8 = 1;
 /// Exit code for usage and load errors.
-const EXIT_USAGE: u8 = 2;
+pub(crate) const EXIT_USAGE: u8 = 2;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -21,6 +23,11 @@ fn main() -> ExitCode {
         Command::Exec(args) => exec(args),
         Command::Inspect(args) => inspect(args),
         Command::Compile(args) => compile(args),
+        Command::Run(args) => admin::run(args),
+        Command::Enqueue(args) => admin::enqueue(args),
+        Command::Jobs(command) => admin::jobs(command),
+        Command::Dlq(command) => admin::dlq(command),
+        Command::Stats(db) => admin::stats(db),
     };
     result.unwrap_or_else(|error| {
         eprintln!("error: {error:#}");

@@ -27,6 +27,39 @@ pub struct Manifest {
     pub limits: Limits,
     /// Retry policy.
     pub retry: RetryPolicy,
+    /// The most jobs of this handler running at once in one host (default: no limit
+    /// beyond the host's `--concurrency`).
+    pub concurrency: Option<u32>,
+    /// Periodic jobs: `[[schedule]]` entries.
+    pub schedule: Vec<Schedule>,
+}
+
+/// A periodic job: enqueued once per tick of a cron expression.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Schedule {
+    /// A cron expression: five fields (minute granularity) or six (with seconds first),
+    /// evaluated in UTC; `@hourly` style aliases work too.
+    pub cron: String,
+    /// The job name (default: the handler's first name).
+    #[serde(default)]
+    pub job: Option<String>,
+    /// The payload of every tick's job.
+    #[serde(default = "empty_object")]
+    pub payload: serde_json::Value,
+}
+
+fn empty_object() -> serde_json::Value {
+    serde_json::Value::Object(serde_json::Map::new())
+}
+
+impl Schedule {
+    /// The parsed cron expression.
+    pub fn cron(&self) -> Result<croner::Cron, String> {
+        use std::str::FromStr as _;
+        croner::Cron::from_str(&self.cron)
+            .map_err(|e| format!("invalid cron expression {:?}: {e}", self.cron))
+    }
 }
 
 /// A manifest that could not be read or parsed.
@@ -85,6 +118,12 @@ impl Manifest {
         if self.limits.timeout_ms == 0 {
             return Err("limits.timeout-ms must be at least 1".into());
         }
+        if self.concurrency == Some(0) {
+            return Err("concurrency must be at least 1".into());
+        }
+        for schedule in &self.schedule {
+            schedule.cron()?;
+        }
         if !(self.retry.backoff_factor.is_finite() && self.retry.backoff_factor >= 1.0) {
             return Err("retry.backoff-factor must be a number >= 1".into());
         }
@@ -103,6 +142,17 @@ mod tests {
         };
         let text = err.to_string();
         assert!(text.contains("x.toml") && text.contains("fuell"), "{text}");
+    }
+
+    #[test]
+    fn schedules_are_checked_at_load() -> Result<(), ManifestError> {
+        let manifest = Manifest::parse(
+            "[[schedule]]\ncron = \"*/5 * * * *\"\npayload = { a = 1 }\n",
+            "x.toml",
+        )?;
+        assert_eq!(manifest.schedule[0].payload["a"], 1);
+        assert!(Manifest::parse("[[schedule]]\ncron = \"every tuesday\"\n", "x.toml").is_err());
+        Ok(())
     }
 
     #[test]

@@ -1,0 +1,236 @@
+//! The queue commands of the binary: run, enqueue, jobs, dlq, stats.
+
+use std::io::BufRead as _;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::Context as _;
+use jobhost::HostConfig;
+use jobhost::cli::{DbArgs, DlqCommand, EnqueueArgs, JobsCommand, RunArgs};
+use jobhost::queue::Enqueued;
+use jobhost::queue::sqlite::{CancelResult, JobRecord, Retention, SqliteQueue};
+use jobhost::request::{JobRequest, RequestError};
+use jobhost::runner::Termination;
+use jobhost::serve::{ServeOptions, serve};
+
+use crate::{EXIT_NOT_DONE, EXIT_USAGE};
+
+pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let started = Instant::now();
+    let options = ServeOptions {
+        db: args.db.db.clone(),
+        concurrency: args.concurrency,
+        drain: args.drain,
+        http: args.http,
+        lease: args.lease,
+        grace: args.grace,
+        retention: Retention {
+            max_done: args.retain_done,
+            max_age: args.retain_done_for,
+        },
+    };
+    let summary = serve(&args.host.config(), options)?;
+    let (termination, released, unfinished) = match summary.termination {
+        Termination::Drained => ("drained", 0, 0),
+        Termination::Shutdown {
+            released,
+            unfinished,
+        } => ("shutdown", released, unfinished),
+    };
+    println!(
+        "{}",
+        serde_json::json!({
+            "termination": termination,
+            "done": summary.done,
+            "retried": summary.retried,
+            "dead": summary.dead,
+            "released": released,
+            "unfinished": unfinished,
+            "elapsed_ms": started.elapsed().as_millis() as u64,
+        })
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn open(db: &DbArgs) -> anyhow::Result<SqliteQueue> {
+    Ok(SqliteQueue::open(&db.db)?)
+}
+
+pub fn enqueue(args: EnqueueArgs) -> anyhow::Result<ExitCode> {
+    let dispatcher = match &args.plugins {
+        Some(dir) => Some(HostConfig::new(dir).start()?),
+        None => None,
+    };
+    let queue = open(&args.db)?;
+    let requests = match &args.file {
+        Some(path) => read_requests(path)?,
+        None => vec![single_request(&args)?],
+    };
+    let now = queue.clock().now();
+    let mut jobs = Vec::with_capacity(requests.len());
+    let mut rejected = 0;
+    for (line, request) in requests.into_iter().enumerate() {
+        match request.into_new_job(now, dispatcher.as_ref()) {
+            Ok(job) => jobs.push(job),
+            Err(error) => {
+                rejected += 1;
+                report_rejection(&error, args.file.is_some().then_some(line + 1));
+            }
+        }
+    }
+    if rejected > 0 {
+        eprintln!("nothing enqueued: {rejected} job(s) rejected");
+        return Ok(ExitCode::from(EXIT_USAGE));
+    }
+    for enqueued in queue.enqueue_now(&jobs)? {
+        match enqueued {
+            Enqueued::Created(id) => println!("{id}"),
+            Enqueued::Duplicate(id) => {
+                eprintln!("a job with this unique key is already queued or running");
+                println!("{id}");
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn report_rejection(error: &RequestError, line: Option<usize>) {
+    let at = line.map(|l| format!("line {l}: ")).unwrap_or_default();
+    match error {
+        RequestError::Rejected(jobhost::Rejection::InvalidPayload(errors)) => {
+            eprintln!("error: {at}payload fails the schema:");
+            for e in errors {
+                eprintln!("  {e}");
+            }
+        }
+        other => eprintln!("error: {at}{other}"),
+    }
+}
+
+fn single_request(args: &EnqueueArgs) -> anyhow::Result<JobRequest> {
+    let name = args.name.clone().context("a job name is required")?;
+    let payload = match &args.payload {
+        Some(text) => serde_json::from_str(text)
+            .with_context(|| format!("the payload is not JSON: {text}"))?,
+        None => serde_json::json!({}),
+    };
+    Ok(JobRequest {
+        job: name,
+        payload,
+        delay: args.delay.clone(),
+        at: args.at.clone(),
+        priority: args.priority,
+        unique: args.unique.clone(),
+        max_attempts: args.max_attempts,
+    })
+}
+
+fn read_requests(path: &std::path::Path) -> anyhow::Result<Vec<JobRequest>> {
+    let reader: Box<dyn std::io::BufRead> = if path.as_os_str() == "-" {
+        Box::new(std::io::stdin().lock())
+    } else {
+        Box::new(std::io::BufReader::new(
+            std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?,
+        ))
+    };
+    let mut requests = Vec::new();
+    for (index, line) in reader.lines().enumerate() {
+        let line = line?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let request = serde_json::from_str(&line).with_context(|| {
+            format!("{}: line {}: not a job request", path.display(), index + 1)
+        })?;
+        requests.push(request);
+    }
+    Ok(requests)
+}
+
+pub fn jobs(command: JobsCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        JobsCommand::List {
+            db,
+            state,
+            name,
+            limit,
+            json,
+        } => {
+            let records = open(&db)?.list(state.as_deref(), name.as_deref(), limit)?;
+            print_records(&records, json);
+            Ok(ExitCode::SUCCESS)
+        }
+        JobsCommand::Show { db, id } => match open(&db)?.get(&id)? {
+            Some(record) => {
+                println!("{}", serde_json::to_string_pretty(&record)?);
+                Ok(ExitCode::SUCCESS)
+            }
+            None => {
+                eprintln!("error: no job {id}");
+                Ok(ExitCode::from(EXIT_NOT_DONE))
+            }
+        },
+        JobsCommand::Cancel { db, id } => match open(&db)?.cancel(&id)? {
+            CancelResult::Cancelled => {
+                println!("cancelled {id}");
+                Ok(ExitCode::SUCCESS)
+            }
+            CancelResult::NotFound => {
+                eprintln!("error: no job {id}");
+                Ok(ExitCode::from(EXIT_NOT_DONE))
+            }
+            CancelResult::NotQueued(state) => {
+                eprintln!("error: job {id} is {state}; only queued jobs can be cancelled");
+                Ok(ExitCode::from(EXIT_NOT_DONE))
+            }
+        },
+    }
+}
+
+pub fn dlq(command: DlqCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        DlqCommand::List { db, limit } => {
+            print_records(&open(&db)?.list(Some("dead"), None, limit)?, false);
+        }
+        DlqCommand::Redrive { db, id, all } => {
+            let id = if all { None } else { id };
+            let count = open(&db)?.redrive(id.as_deref())?;
+            println!("redriven: {count}");
+            if count == 0 && id.is_some() {
+                return Ok(ExitCode::from(EXIT_NOT_DONE));
+            }
+        }
+        DlqCommand::Purge { db } => println!("purged: {}", open(&db)?.purge_dead()?),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn stats(db: DbArgs) -> anyhow::Result<ExitCode> {
+    let stats = open(&db)?.stats()?;
+    for (name, state, count) in &stats.counts {
+        println!("{name:<24} {state:<10} {count}");
+    }
+    match stats.oldest_queued_age_ms {
+        Some(ms) => println!("oldest due job waiting: {:.1}s", ms as f64 / 1000.0),
+        None => println!("no job is waiting"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_records(records: &[JobRecord], json: bool) {
+    for record in records {
+        if json {
+            println!("{}", serde_json::to_string(record).unwrap_or_default());
+            continue;
+        }
+        let why = record
+            .reason
+            .as_deref()
+            .map(|r| format!(" {r}: {}", record.last_error.as_deref().unwrap_or("")))
+            .unwrap_or_default();
+        println!(
+            "{}  {:<16} {:<9} attempts={}{why}",
+            record.id, record.name, record.state, record.attempts
+        );
+    }
+}

@@ -1,0 +1,224 @@
+//! Queue backends behind one trait. The runner (`crate::runner`) is written once over
+//! [`Queue`] and turns each outcome into a [`Settlement`].
+//!
+//! Backends: [`sqlite::SqliteQueue`] (embedded, durable, the default) and
+//! [`memory::MemoryQueue`] (unit tests only). Main types: [`Queue`], [`NewJob`],
+//! [`Delivered`], [`Action`], [`Settlement`].
+
+pub mod memory;
+pub mod sqlite;
+
+use std::future::Future;
+use std::time::{Duration, SystemTime};
+
+use serde_json::Value;
+
+use crate::envelope::Envelope;
+use crate::outcome::{Outcome, Progress, Reason, Report};
+
+/// A job to enqueue.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NewJob {
+    /// The id to give it (default: a new UUIDv7).
+    pub id: Option<String>,
+    /// The job name.
+    pub name: String,
+    /// The payload.
+    pub payload: Value,
+    /// Do not run before this time (default: now).
+    pub run_at: Option<SystemTime>,
+    /// Higher runs first (default 0).
+    pub priority: i32,
+    /// At most one queued or running job per key.
+    pub unique_key: Option<String>,
+    /// Overrides the handler's max attempts.
+    pub max_attempts: Option<u32>,
+    /// The job that enqueued this one.
+    pub parent_id: Option<String>,
+}
+
+impl NewJob {
+    /// A job with defaults for everything but name and payload.
+    pub fn new(name: impl Into<String>, payload: Value) -> Self {
+        Self {
+            id: None,
+            name: name.into(),
+            payload,
+            run_at: None,
+            priority: 0,
+            unique_key: None,
+            max_attempts: None,
+            parent_id: None,
+        }
+    }
+}
+
+/// What enqueuing one job did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Enqueued {
+    /// A new job with this id.
+    Created(String),
+    /// A job with the same unique key is already queued or running; its id.
+    Duplicate(String),
+}
+
+impl Enqueued {
+    /// The job's id, new or existing.
+    pub fn id(&self) -> &str {
+        match self {
+            Enqueued::Created(id) | Enqueued::Duplicate(id) => id,
+        }
+    }
+}
+
+/// A message as it came off a queue.
+#[derive(Clone, Debug)]
+pub enum Message {
+    /// Already structured (the SQLite queue stores name and payload separately).
+    Envelope(Envelope),
+    /// A raw body to parse (SQS, or anything enqueued as bytes).
+    Raw(Vec<u8>),
+}
+
+/// One delivery, leased to this worker.
+#[derive(Clone, Debug)]
+pub struct Delivered {
+    /// The job's id.
+    pub id: String,
+    /// What acknowledges this delivery (the job id and lease, or an SQS receipt handle).
+    pub receipt: String,
+    /// The delivery number, counted by the queue (at least 1).
+    pub attempt: u32,
+    /// The message.
+    pub message: Message,
+}
+
+/// The queue action for one delivery.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Action {
+    /// Complete it, keep its output, and commit its follow-up jobs in the same step.
+    Done {
+        /// The output.
+        output: Option<String>,
+        /// The last progress report.
+        progress: Option<Progress>,
+        /// Follow-up jobs.
+        children: Vec<NewJob>,
+    },
+    /// Make it visible again at `at`.
+    Retry {
+        /// When.
+        at: SystemTime,
+        /// Why.
+        reason: Reason,
+        /// The error message.
+        message: String,
+    },
+    /// Move it to the dead-letter queue.
+    DeadLetter {
+        /// Why.
+        reason: Reason,
+        /// The error message.
+        message: String,
+    },
+}
+
+impl Action {
+    /// The queue action for a dispatch report, at time `now`.
+    pub fn from_report(report: &Report, now: SystemTime) -> Self {
+        match &report.outcome {
+            Outcome::Done { output } => Action::Done {
+                output: output.clone(),
+                progress: report.progress.last().cloned(),
+                children: report
+                    .enqueued
+                    .iter()
+                    .map(|child| NewJob {
+                        id: Some(child.id.clone()),
+                        name: child.job.clone(),
+                        payload: child.payload.clone(),
+                        run_at: child.delay_ms.map(|ms| now + Duration::from_millis(ms)),
+                        priority: child.priority.unwrap_or(0),
+                        unique_key: child.unique_key.clone(),
+                        max_attempts: None,
+                        parent_id: Some(report.job_id.clone()),
+                    })
+                    .collect(),
+            },
+            Outcome::Retry {
+                reason,
+                message,
+                delay,
+            } => Action::Retry {
+                at: now + *delay,
+                reason: *reason,
+                message: message.clone(),
+            },
+            Outcome::DeadLetter { reason, message } => Action::DeadLetter {
+                reason: *reason,
+                message: message.clone(),
+            },
+        }
+    }
+}
+
+/// A delivery and what to do with it.
+#[derive(Clone, Debug)]
+pub struct Settlement {
+    /// The delivery.
+    pub delivered: Delivered,
+    /// The action.
+    pub action: Action,
+}
+
+/// A host-side queue fault (disk, network): nothing was acknowledged.
+#[derive(Debug, thiserror::Error)]
+#[error("queue error: {0}")]
+pub struct QueueError(pub String);
+
+impl From<rusqlite::Error> for QueueError {
+    fn from(error: rusqlite::Error) -> Self {
+        QueueError(error.to_string())
+    }
+}
+
+/// What every queue backend does.
+pub trait Queue: Send + Sync + 'static {
+    /// Claims up to `max` due jobs, leased for `lease`.
+    fn receive(
+        &self,
+        max: usize,
+        lease: Duration,
+    ) -> impl Future<Output = Result<Vec<Delivered>, QueueError>> + Send;
+
+    /// Applies a batch of actions, each at most once; deliveries whose lease was lost are
+    /// skipped (another worker owns them now).
+    fn settle(&self, batch: Vec<Settlement>)
+    -> impl Future<Output = Result<(), QueueError>> + Send;
+
+    /// Gives received-but-unstarted deliveries back, visible at once and with their
+    /// attempt uncounted.
+    fn release(
+        &self,
+        deliveries: Vec<Delivered>,
+    ) -> impl Future<Output = Result<(), QueueError>> + Send;
+
+    /// Enqueues jobs in one step.
+    fn enqueue(
+        &self,
+        jobs: Vec<NewJob>,
+    ) -> impl Future<Output = Result<Vec<Enqueued>, QueueError>> + Send;
+
+    /// Whether nothing is due now and nothing is running (`run --drain` exits then).
+    fn is_idle(&self) -> impl Future<Output = Result<bool, QueueError>> + Send;
+}
+
+/// Optional ability: extend the lease of running deliveries.
+pub trait ExtendLease: Queue {
+    /// Extends each delivery's lease to `lease` from now.
+    fn extend(
+        &self,
+        deliveries: &[Delivered],
+        lease: Duration,
+    ) -> impl Future<Output = Result<(), QueueError>> + Send;
+}

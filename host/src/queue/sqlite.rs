@@ -1,0 +1,659 @@
+//! The embedded durable queue: one SQLite file in WAL mode (`synchronous=NORMAL`: a commit
+//! survives a process crash; the last commits before a power loss may not). One writer at a
+//! time; claims, acknowledgements and enqueues are batched into single transactions.
+//!
+//! Jobs move `queued → running → done | dead`, back to `queued` on retry or when a lease
+//! expires (the worker died), and `queued → cancelled` on request. Main type: [`SqliteQueue`].
+
+use std::path::Path;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
+
+use rusqlite::{Connection, OptionalExtension as _, Transaction, params};
+use serde::Serialize;
+use serde_json::Value;
+
+use super::{Action, Delivered, Enqueued, Message, NewJob, Queue, QueueError, Settlement};
+use crate::clock::{Clock, SystemClock, from_ms, to_ms};
+use crate::envelope::Envelope;
+
+/// The schema version this build writes; older files are migrated, newer ones refused.
+pub const SCHEMA_VERSION: i64 = 1;
+/// How often expired leases are looked for, at most.
+const RECLAIM_EVERY_MS: i64 = 500;
+/// How often done jobs are pruned, at most.
+const PRUNE_EVERY_MS: i64 = 5_000;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS jobs (
+    seq          INTEGER PRIMARY KEY,
+    id           TEXT NOT NULL UNIQUE,
+    name         TEXT NOT NULL,
+    payload      TEXT NOT NULL,
+    body         TEXT,
+    state        TEXT NOT NULL,
+    priority     INTEGER NOT NULL DEFAULT 0,
+    run_at       INTEGER NOT NULL,
+    attempts     INTEGER NOT NULL DEFAULT 0,
+    max_attempts INTEGER,
+    lease_owner  TEXT,
+    lease_until  INTEGER,
+    unique_key   TEXT,
+    last_error   TEXT,
+    reason       TEXT,
+    output       TEXT,
+    progress     TEXT,
+    parent_id    TEXT,
+    created_at   INTEGER NOT NULL,
+    updated_at   INTEGER NOT NULL,
+    finished_at  INTEGER
+);
+CREATE INDEX IF NOT EXISTS jobs_due ON jobs (priority DESC, run_at, seq) WHERE state = 'queued';
+CREATE INDEX IF NOT EXISTS jobs_leased ON jobs (lease_until) WHERE state = 'running';
+CREATE INDEX IF NOT EXISTS jobs_done ON jobs (finished_at) WHERE state = 'done';
+CREATE INDEX IF NOT EXISTS jobs_state_name ON jobs (state, name);
+CREATE UNIQUE INDEX IF NOT EXISTS jobs_unique ON jobs (unique_key)
+    WHERE unique_key IS NOT NULL AND state IN ('queued', 'running');
+CREATE TABLE IF NOT EXISTS schedule_ticks (
+    key        TEXT PRIMARY KEY,
+    job_id     TEXT NOT NULL,
+    created_at INTEGER NOT NULL
+);
+";
+
+/// How many done jobs are kept, and for how long.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Retention {
+    /// The most done jobs kept (the newest win).
+    pub max_done: u64,
+    /// Done jobs older than this are deleted.
+    pub max_age: Duration,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Self {
+            max_done: 100_000,
+            max_age: Duration::from_secs(7 * 24 * 3600),
+        }
+    }
+}
+
+/// A job as stored, for `jobs show` and the HTTP API.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct JobRecord {
+    /// Id.
+    pub id: String,
+    /// Job name.
+    pub name: String,
+    /// Payload.
+    pub payload: Value,
+    /// The raw body, kept for messages that could not be parsed.
+    pub body: Option<String>,
+    /// `queued`, `running`, `done`, `dead` or `cancelled`.
+    pub state: String,
+    /// Priority.
+    pub priority: i64,
+    /// When it is (or was) due, ms since the Unix epoch.
+    pub run_at: i64,
+    /// Deliveries so far.
+    pub attempts: i64,
+    /// Max attempts override.
+    pub max_attempts: Option<i64>,
+    /// The worker holding the lease.
+    pub lease_owner: Option<String>,
+    /// Lease expiry.
+    pub lease_until: Option<i64>,
+    /// Unique key.
+    pub unique_key: Option<String>,
+    /// The last error message.
+    pub last_error: Option<String>,
+    /// The last failure's reason.
+    pub reason: Option<String>,
+    /// Output (JSON text by convention).
+    pub output: Option<String>,
+    /// The last progress report.
+    pub progress: Option<Value>,
+    /// The job that enqueued this one.
+    pub parent_id: Option<String>,
+    /// Created, ms since the Unix epoch.
+    pub created_at: i64,
+    /// Last changed.
+    pub updated_at: i64,
+    /// Done or dead at.
+    pub finished_at: Option<i64>,
+}
+
+/// Counts for `jobhost stats`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Stats {
+    /// `(name, state, count)` rows.
+    pub counts: Vec<(String, String, u64)>,
+    /// Age of the oldest due queued job, in milliseconds.
+    pub oldest_queued_age_ms: Option<i64>,
+}
+
+/// What `cancel` did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CancelResult {
+    /// Cancelled.
+    Cancelled,
+    /// No such job.
+    NotFound,
+    /// The job is not queued; its state.
+    NotQueued(String),
+}
+
+/// The embedded queue.
+#[derive(Clone, Debug)]
+pub struct SqliteQueue {
+    conn: Arc<Mutex<Connection>>,
+    clock: Arc<dyn Clock>,
+    owner: String,
+    retention: Retention,
+    last_reclaim_ms: Arc<AtomicI64>,
+    last_prune_ms: Arc<AtomicI64>,
+}
+
+impl SqliteQueue {
+    /// Opens (creating or migrating) the queue file at `path`, on the system clock.
+    pub fn open(path: &Path) -> Result<Self, QueueError> {
+        Self::open_with(path, Arc::new(SystemClock), Retention::default())
+    }
+
+    /// Opens the queue with a given clock and retention.
+    pub fn open_with(
+        path: &Path,
+        clock: Arc<dyn Clock>,
+        retention: Retention,
+    ) -> Result<Self, QueueError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| QueueError(format!("cannot create {}: {e}", dir.display())))?;
+        }
+        let conn = Connection::open(path)
+            .map_err(|e| QueueError(format!("cannot open {}: {e}", path.display())))?;
+        conn.busy_timeout(Duration::from_secs(10))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.pragma_update(None, "temp_store", "MEMORY")?;
+        conn.set_prepared_statement_cache_capacity(64);
+        migrate(&conn)?;
+        Ok(Self {
+            conn: Arc::new(Mutex::new(conn)),
+            clock,
+            owner: format!("{}:{}", std::process::id(), uuid::Uuid::now_v7()),
+            retention,
+            last_reclaim_ms: Arc::new(AtomicI64::new(0)),
+            last_prune_ms: Arc::new(AtomicI64::new(0)),
+        })
+    }
+
+    /// The lease owner this instance writes.
+    pub fn owner(&self) -> &str {
+        &self.owner
+    }
+
+    /// The clock.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Enqueues jobs in one transaction.
+    pub fn enqueue_now(&self, jobs: &[NewJob]) -> Result<Vec<Enqueued>, QueueError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        let now = self.clock.now_ms();
+        let results = jobs
+            .iter()
+            .map(|job| insert_job(&tx, job, now))
+            .collect::<Result<Vec<_>, _>>()?;
+        tx.commit()?;
+        Ok(results)
+    }
+
+    /// Enqueues a job once per `tick_key`, across restarts: the key is recorded in the
+    /// same transaction. Returns `None` when the tick was already enqueued.
+    pub fn enqueue_tick(
+        &self,
+        tick_key: &str,
+        job: &NewJob,
+    ) -> Result<Option<Enqueued>, QueueError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        let now = self.clock.now_ms();
+        let seen: Option<String> = tx
+            .query_row(
+                "SELECT job_id FROM schedule_ticks WHERE key = ?1",
+                [tick_key],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if seen.is_some() {
+            return Ok(None);
+        }
+        let enqueued = insert_job(&tx, job, now)?;
+        tx.execute(
+            "INSERT INTO schedule_ticks (key, job_id, created_at) VALUES (?1, ?2, ?3)",
+            params![tick_key, enqueued.id(), now],
+        )?;
+        tx.commit()?;
+        Ok(Some(enqueued))
+    }
+
+    /// Claims up to `max` due jobs for `lease`, first returning expired leases to the queue.
+    pub fn claim(&self, max: usize, lease: Duration) -> Result<Vec<Delivered>, QueueError> {
+        let now = self.clock.now_ms();
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        if now - self.last_reclaim_ms.load(Ordering::Relaxed) >= RECLAIM_EVERY_MS {
+            reclaim_expired(&tx, now)?;
+            self.last_reclaim_ms.store(now, Ordering::Relaxed);
+        }
+        let until = now.saturating_add(i64::try_from(lease.as_millis()).unwrap_or(i64::MAX));
+        let mut statement = tx.prepare_cached(
+            "UPDATE jobs SET state = 'running', attempts = attempts + 1, lease_owner = ?1,
+                 lease_until = ?2, updated_at = ?3
+             WHERE seq IN (SELECT seq FROM jobs WHERE state = 'queued' AND run_at <= ?3
+                           ORDER BY priority DESC, run_at, seq LIMIT ?4)
+             RETURNING id, name, payload, attempts, max_attempts, created_at, body",
+        )?;
+        let rows = statement.query_map(params![self.owner, until, now, max as i64], |row| {
+            Ok((
+                row.get::<_, String>(0)?,
+                row.get::<_, String>(1)?,
+                row.get::<_, String>(2)?,
+                row.get::<_, i64>(3)?,
+                row.get::<_, Option<i64>>(4)?,
+                row.get::<_, i64>(5)?,
+                row.get::<_, Option<String>>(6)?,
+            ))
+        })?;
+        let mut delivered = Vec::new();
+        for row in rows {
+            let (id, name, payload, attempts, max_attempts, created_at, body) = row?;
+            delivered.push(to_delivered(
+                id,
+                name,
+                &payload,
+                attempts,
+                max_attempts,
+                created_at,
+                body,
+            ));
+        }
+        drop(statement);
+        tx.commit()?;
+        Ok(delivered)
+    }
+
+    /// Applies actions in one transaction. Children are inserted only with their parent's
+    /// completion, so a failed or retried parent leaves none behind.
+    pub fn settle_now(&self, batch: &[Settlement]) -> Result<(), QueueError> {
+        let now = self.clock.now_ms();
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        for settlement in batch {
+            settle_one(&tx, settlement, &self.owner, now)?;
+        }
+        tx.commit()?;
+        drop(conn);
+        if now - self.last_prune_ms.load(Ordering::Relaxed) >= PRUNE_EVERY_MS {
+            self.last_prune_ms.store(now, Ordering::Relaxed);
+            self.prune()?;
+        }
+        Ok(())
+    }
+
+    /// Returns unstarted deliveries to the queue, their attempt uncounted.
+    pub fn release_now(&self, deliveries: &[Delivered]) -> Result<(), QueueError> {
+        let now = self.clock.now_ms();
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        {
+            let mut statement = tx.prepare_cached(
+                "UPDATE jobs SET state = 'queued', attempts = MAX(attempts - 1, 0), lease_owner = NULL,
+                     lease_until = NULL, updated_at = ?1
+                 WHERE id = ?2 AND state = 'running' AND lease_owner = ?3",
+            )?;
+            for delivery in deliveries {
+                statement.execute(params![now, delivery.id, self.owner])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Whether nothing is due and nothing is running.
+    pub fn idle_now(&self) -> Result<bool, QueueError> {
+        let now = self.clock.now_ms();
+        let conn = self.lock();
+        let busy: bool = conn.query_row(
+            "SELECT EXISTS (SELECT 1 FROM jobs WHERE state = 'running')
+                 OR EXISTS (SELECT 1 FROM jobs WHERE state = 'queued' AND run_at <= ?1)",
+            [now],
+            |r| r.get(0),
+        )?;
+        Ok(!busy)
+    }
+
+    /// Deletes done jobs beyond the retention count or age.
+    pub fn prune(&self) -> Result<u64, QueueError> {
+        let cutoff = self.clock.now_ms()
+            - i64::try_from(self.retention.max_age.as_millis()).unwrap_or(i64::MAX);
+        let conn = self.lock();
+        let by_age = conn.execute(
+            "DELETE FROM jobs WHERE state = 'done' AND finished_at < ?1",
+            [cutoff],
+        )?;
+        let by_count = conn.execute(
+            "DELETE FROM jobs WHERE seq IN (SELECT seq FROM jobs WHERE state = 'done'
+                 ORDER BY finished_at DESC LIMIT -1 OFFSET ?1)",
+            [i64::try_from(self.retention.max_done).unwrap_or(i64::MAX)],
+        )?;
+        Ok((by_age + by_count) as u64)
+    }
+
+    /// One job.
+    pub fn get(&self, id: &str) -> Result<Option<JobRecord>, QueueError> {
+        let conn = self.lock();
+        let mut statement =
+            conn.prepare_cached(&format!("SELECT {RECORD_COLUMNS} FROM jobs WHERE id = ?1"))?;
+        Ok(statement.query_row([id], to_record).optional()?)
+    }
+
+    /// Jobs, newest first, optionally filtered by state and name.
+    pub fn list(
+        &self,
+        state: Option<&str>,
+        name: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<JobRecord>, QueueError> {
+        let conn = self.lock();
+        let mut statement = conn.prepare_cached(&format!(
+            "SELECT {RECORD_COLUMNS} FROM jobs WHERE (?1 IS NULL OR state = ?1) AND (?2 IS NULL OR name = ?2)
+             ORDER BY seq DESC LIMIT ?3"
+        ))?;
+        let rows = statement.query_map(params![state, name, limit as i64], to_record)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Cancels a queued job.
+    pub fn cancel(&self, id: &str) -> Result<CancelResult, QueueError> {
+        let now = self.clock.now_ms();
+        let conn = self.lock();
+        let changed = conn.execute(
+            "UPDATE jobs SET state = 'cancelled', updated_at = ?1, finished_at = ?1 WHERE id = ?2 AND state = 'queued'",
+            params![now, id],
+        )?;
+        if changed == 1 {
+            return Ok(CancelResult::Cancelled);
+        }
+        let state: Option<String> = conn
+            .query_row("SELECT state FROM jobs WHERE id = ?1", [id], |r| r.get(0))
+            .optional()?;
+        Ok(state.map_or(CancelResult::NotFound, CancelResult::NotQueued))
+    }
+
+    /// Puts dead jobs back in the queue with their attempts reset: one (`Some(id)`) or all.
+    pub fn redrive(&self, id: Option<&str>) -> Result<u64, QueueError> {
+        let now = self.clock.now_ms();
+        let conn = self.lock();
+        let changed = conn.execute(
+            "UPDATE jobs SET state = 'queued', run_at = ?1, attempts = 0, updated_at = ?1, finished_at = NULL,
+                 lease_owner = NULL, lease_until = NULL
+             WHERE state = 'dead' AND (?2 IS NULL OR id = ?2)",
+            params![now, id],
+        )?;
+        Ok(changed as u64)
+    }
+
+    /// Deletes every dead job.
+    pub fn purge_dead(&self) -> Result<u64, QueueError> {
+        let conn = self.lock();
+        Ok(conn.execute("DELETE FROM jobs WHERE state = 'dead'", [])? as u64)
+    }
+
+    /// Counts by name and state, and the age of the oldest due job.
+    pub fn stats(&self) -> Result<Stats, QueueError> {
+        let now = self.clock.now_ms();
+        let conn = self.lock();
+        let mut statement = conn.prepare(
+            "SELECT name, state, COUNT(*) FROM jobs GROUP BY name, state ORDER BY name, state",
+        )?;
+        let counts = statement
+            .query_map([], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)?.unsigned_abs()))
+            })?
+            .collect::<Result<_, _>>()?;
+        let oldest: Option<i64> = conn.query_row(
+            "SELECT MIN(run_at) FROM jobs WHERE state = 'queued' AND run_at <= ?1",
+            [now],
+            |r| r.get(0),
+        )?;
+        Ok(Stats {
+            counts,
+            oldest_queued_age_ms: oldest.map(|t| now - t),
+        })
+    }
+}
+
+fn migrate(conn: &Connection) -> Result<(), QueueError> {
+    let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if version > SCHEMA_VERSION {
+        return Err(QueueError(format!(
+            "the queue file has schema version {version}, newer than this jobhost ({SCHEMA_VERSION}); upgrade jobhost"
+        )));
+    }
+    conn.execute_batch(SCHEMA)?;
+    conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+    Ok(())
+}
+
+fn insert_job(tx: &Transaction<'_>, job: &NewJob, now: i64) -> Result<Enqueued, QueueError> {
+    if let Some(key) = &job.unique_key {
+        let existing: Option<String> = tx
+            .prepare_cached(
+                "SELECT id FROM jobs WHERE unique_key = ?1 AND state IN ('queued', 'running')",
+            )?
+            .query_row([key], |r| r.get(0))
+            .optional()?;
+        if let Some(id) = existing {
+            return Ok(Enqueued::Duplicate(id));
+        }
+    }
+    let id = job
+        .id
+        .clone()
+        .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+    let run_at = job.run_at.map_or(now, to_ms);
+    tx.prepare_cached(
+        "INSERT INTO jobs (id, name, payload, state, priority, run_at, max_attempts, unique_key, parent_id,
+             created_at, updated_at)
+         VALUES (?1, ?2, ?3, 'queued', ?4, ?5, ?6, ?7, ?8, ?9, ?9)",
+    )?
+    .execute(params![
+        id,
+        job.name,
+        job.payload.to_string(),
+        job.priority,
+        run_at,
+        job.max_attempts,
+        job.unique_key,
+        job.parent_id,
+        now
+    ])?;
+    Ok(Enqueued::Created(id))
+}
+
+fn reclaim_expired(tx: &Transaction<'_>, now: i64) -> Result<(), QueueError> {
+    let reclaimed = tx.prepare_cached(
+        "UPDATE jobs SET state = 'queued', lease_owner = NULL, lease_until = NULL, updated_at = ?1,
+             last_error = 'lease expired: the worker stopped before finishing'
+         WHERE state = 'running' AND lease_until <= ?1",
+    )?
+    .execute([now])?;
+    if reclaimed > 0 {
+        tracing::warn!(
+            reclaimed,
+            "jobs whose worker died were returned to the queue"
+        );
+    }
+    Ok(())
+}
+
+fn settle_one(
+    tx: &Transaction<'_>,
+    settlement: &Settlement,
+    owner: &str,
+    now: i64,
+) -> Result<(), QueueError> {
+    let id = &settlement.delivered.id;
+    let changed = match &settlement.action {
+        Action::Done { output, progress, .. } => {
+            let progress = progress.as_ref().map(|p| serde_json::to_string(p).unwrap_or_default());
+            tx.prepare_cached(
+                "UPDATE jobs SET state = 'done', output = ?1, progress = ?2, finished_at = ?3, updated_at = ?3,
+                     lease_owner = NULL, lease_until = NULL, last_error = NULL, reason = NULL
+                 WHERE id = ?4 AND state = 'running' AND lease_owner = ?5",
+            )?
+            .execute(params![output, progress, now, id, owner])?
+        }
+        Action::Retry { at, reason, message } => tx
+            .prepare_cached(
+                "UPDATE jobs SET state = 'queued', run_at = ?1, reason = ?2, last_error = ?3, updated_at = ?4,
+                     lease_owner = NULL, lease_until = NULL
+                 WHERE id = ?5 AND state = 'running' AND lease_owner = ?6",
+            )?
+            .execute(params![to_ms(*at), reason.as_str(), message, now, id, owner])?,
+        Action::DeadLetter { reason, message } => tx
+            .prepare_cached(
+                "UPDATE jobs SET state = 'dead', reason = ?1, last_error = ?2, finished_at = ?3, updated_at = ?3,
+                     lease_owner = NULL, lease_until = NULL
+                 WHERE id = ?4 AND state = 'running' AND lease_owner = ?5",
+            )?
+            .execute(params![reason.as_str(), message, now, id, owner])?,
+    };
+    if changed == 0 {
+        // The lease expired and another worker took the job: its result wins.
+        tracing::warn!(job.id = %id, "lease lost before the result was recorded; dropping this result");
+        return Ok(());
+    }
+    if let Action::Done { children, .. } = &settlement.action {
+        for child in children {
+            insert_job(tx, child, now)?;
+        }
+    }
+    Ok(())
+}
+
+fn to_delivered(
+    id: String,
+    name: String,
+    payload: &str,
+    attempts: i64,
+    max_attempts: Option<i64>,
+    created_at: i64,
+    body: Option<String>,
+) -> Delivered {
+    let attempt = u32::try_from(attempts.max(1)).unwrap_or(u32::MAX);
+    let message = match (body, serde_json::from_str::<Value>(payload)) {
+        (Some(raw), _) => Message::Raw(raw.into_bytes()),
+        (None, Ok(payload)) => Message::Envelope(Envelope {
+            id: Some(id.clone()),
+            job: name,
+            payload,
+            attempt: Some(attempt),
+            max_attempts: max_attempts.and_then(|m| u32::try_from(m).ok()),
+            enqueued_at: u64::try_from(created_at).ok(),
+            not_before: None,
+        }),
+        (None, Err(_)) => Message::Raw(payload.as_bytes().to_vec()),
+    };
+    Delivered {
+        receipt: id.clone(),
+        id,
+        attempt,
+        message,
+    }
+}
+
+const RECORD_COLUMNS: &str = "id, name, payload, body, state, priority, run_at, attempts, max_attempts, lease_owner,
+    lease_until, unique_key, last_error, reason, output, progress, parent_id, created_at, updated_at, finished_at";
+
+fn to_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<JobRecord> {
+    let payload: String = row.get(2)?;
+    let progress: Option<String> = row.get(15)?;
+    Ok(JobRecord {
+        id: row.get(0)?,
+        name: row.get(1)?,
+        payload: serde_json::from_str(&payload).unwrap_or(Value::String(payload)),
+        body: row.get(3)?,
+        state: row.get(4)?,
+        priority: row.get(5)?,
+        run_at: row.get(6)?,
+        attempts: row.get(7)?,
+        max_attempts: row.get(8)?,
+        lease_owner: row.get(9)?,
+        lease_until: row.get(10)?,
+        unique_key: row.get(11)?,
+        last_error: row.get(12)?,
+        reason: row.get(13)?,
+        output: row.get(14)?,
+        progress: progress.and_then(|p| serde_json::from_str(&p).ok()),
+        parent_id: row.get(16)?,
+        created_at: row.get(17)?,
+        updated_at: row.get(18)?,
+        finished_at: row.get(19)?,
+    })
+}
+
+/// A run-at time for a delay from the queue's clock.
+pub fn run_at_after(clock: &dyn Clock, delay: Duration) -> SystemTime {
+    clock.now() + delay
+}
+
+/// Milliseconds since the epoch as a time (re-exported for callers formatting records).
+pub fn time_of(ms: i64) -> SystemTime {
+    from_ms(ms)
+}
+
+impl Queue for SqliteQueue {
+    async fn receive(&self, max: usize, lease: Duration) -> Result<Vec<Delivered>, QueueError> {
+        let queue = self.clone();
+        blocking(move || queue.claim(max, lease)).await
+    }
+
+    async fn settle(&self, batch: Vec<Settlement>) -> Result<(), QueueError> {
+        let queue = self.clone();
+        blocking(move || queue.settle_now(&batch)).await
+    }
+
+    async fn release(&self, deliveries: Vec<Delivered>) -> Result<(), QueueError> {
+        let queue = self.clone();
+        blocking(move || queue.release_now(&deliveries)).await
+    }
+
+    async fn enqueue(&self, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>, QueueError> {
+        let queue = self.clone();
+        blocking(move || queue.enqueue_now(&jobs)).await
+    }
+
+    async fn is_idle(&self) -> Result<bool, QueueError> {
+        let queue = self.clone();
+        blocking(move || queue.idle_now()).await
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, QueueError> + Send + 'static,
+) -> Result<T, QueueError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| QueueError(format!("queue task failed: {e}")))?
+}

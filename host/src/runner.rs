@@ -1,0 +1,440 @@
+//! The poller: written once over [`Queue`], it claims batches, runs each job on a worker
+//! thread through [`Dispatcher`], and settles the outcomes in batches.
+//!
+//! The loop never ends on a bad message or a failed queue call: those are logged and
+//! retried with backoff. It ends only by draining (`--drain`) or shutting down, and says
+//! which in its [`Termination`]. Main types: [`RunOptions`], [`Runner`], [`RunSummary`].
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use tokio::sync::{Notify, mpsc, watch};
+
+use crate::clock::Clock;
+use crate::dispatch::{Delivery, Dispatcher};
+use crate::queue::{Action, Delivered, Message, Queue, Settlement};
+
+/// The most deliveries claimed in one call.
+const MAX_BATCH: usize = 256;
+/// The most settlements written in one transaction.
+const MAX_SETTLE_BATCH: usize = 512;
+/// The longest sleep between polls of an idle queue.
+const IDLE_POLL_MAX: Duration = Duration::from_millis(100);
+/// The longest backoff after a failed queue call.
+const ERROR_BACKOFF_MAX: Duration = Duration::from_secs(10);
+
+/// How the runner behaves.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    /// Jobs running at once (worker threads).
+    pub concurrency: usize,
+    /// Deliveries claimed ahead of free workers, so workers never wait for a claim.
+    pub prefetch: usize,
+    /// How long a claim is leased; must exceed the longest job plus its wait.
+    pub lease: Duration,
+    /// Exit once nothing is due or running.
+    pub drain: bool,
+    /// How long running jobs may take to finish after a shutdown signal.
+    pub grace: Duration,
+}
+
+impl RunOptions {
+    /// Defaults for `concurrency` workers and handlers whose longest timeout is
+    /// `max_timeout`.
+    pub fn new(concurrency: usize, max_timeout: Duration) -> Self {
+        let concurrency = concurrency.max(1);
+        Self {
+            concurrency,
+            prefetch: (concurrency * 4).max(64),
+            lease: max_timeout + Duration::from_secs(60),
+            drain: false,
+            grace: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The default concurrency: two workers per core (handlers are CPU-bound wasm, but some
+/// wait on host calls).
+pub fn default_concurrency() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get() * 2)
+}
+
+/// Why the loop ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Termination {
+    /// `--drain` and nothing was due or running.
+    Drained,
+    /// A shutdown signal; `unfinished` jobs were still running when the grace ran out
+    /// (their leases will expire and they will run again).
+    Shutdown {
+        /// Claimed but never started, given back at once.
+        released: u64,
+        /// Still running after the grace period.
+        unfinished: u64,
+    },
+}
+
+/// What the run did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RunSummary {
+    /// How it ended.
+    pub termination: Termination,
+    /// Jobs done.
+    pub done: u64,
+    /// Jobs scheduled for a retry.
+    pub retried: u64,
+    /// Jobs dead-lettered.
+    pub dead: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    done: AtomicU64,
+    retried: AtomicU64,
+    dead: AtomicU64,
+    released: AtomicU64,
+    in_flight: AtomicUsize,
+}
+
+enum WorkerResult {
+    Settled(Settlement),
+    Unstarted(Delivered),
+}
+
+/// A per-handler limit on jobs running at once.
+struct Gate {
+    running: Mutex<u32>,
+    freed: Condvar,
+    limit: u32,
+}
+
+impl Gate {
+    fn enter(&self) {
+        let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        while *running >= self.limit {
+            running = self.freed.wait(running).unwrap_or_else(|e| e.into_inner());
+        }
+        *running += 1;
+    }
+
+    fn leave(&self) {
+        let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        *running -= 1;
+        self.freed.notify_one();
+    }
+}
+
+/// The poller over one queue.
+pub struct Runner<Q: Queue> {
+    queue: Arc<Q>,
+    dispatcher: Arc<Dispatcher>,
+    clock: Arc<dyn Clock>,
+    options: RunOptions,
+    wake: Arc<Notify>,
+}
+
+impl<Q: Queue> Runner<Q> {
+    /// A runner; `wake` lets in-process enqueuers (the HTTP API) cut an idle poll short.
+    pub fn new(
+        queue: Arc<Q>,
+        dispatcher: Arc<Dispatcher>,
+        clock: Arc<dyn Clock>,
+        options: RunOptions,
+    ) -> Self {
+        Self {
+            queue,
+            dispatcher,
+            clock,
+            options,
+            wake: Arc::new(Notify::new()),
+        }
+    }
+
+    /// Notified to poll at once.
+    pub fn waker(&self) -> Arc<Notify> {
+        self.wake.clone()
+    }
+
+    /// Runs until drained or until `shutdown` turns true.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> RunSummary {
+        let counters = Arc::new(Counters::default());
+        let stopping = Arc::new(AtomicBool::new(false));
+        let capacity = Arc::new(Notify::new());
+        let (jobs_tx, jobs_rx) = crossbeam_channel::unbounded::<Delivered>();
+        let (results_tx, results_rx) = mpsc::unbounded_channel::<WorkerResult>();
+        let workers = self.start_workers(jobs_rx, results_tx, stopping.clone());
+        let settler = tokio::spawn(settle_loop(
+            self.queue.clone(),
+            results_rx,
+            counters.clone(),
+            capacity.clone(),
+        ));
+        let termination = self
+            .poll_loop(&jobs_tx, &counters, &capacity, &mut shutdown)
+            .await;
+        // Stop: workers finish the job in hand and hand back what they have not started.
+        stopping.store(true, Ordering::SeqCst);
+        drop(jobs_tx);
+        let unfinished = self.join_workers(workers, &counters).await;
+        let _ = settler.await;
+        let termination = match termination {
+            Termination::Drained => Termination::Drained,
+            Termination::Shutdown { .. } => Termination::Shutdown {
+                released: counters.released.load(Ordering::SeqCst),
+                unfinished,
+            },
+        };
+        RunSummary {
+            termination,
+            done: counters.done.load(Ordering::SeqCst),
+            retried: counters.retried.load(Ordering::SeqCst),
+            dead: counters.dead.load(Ordering::SeqCst),
+        }
+    }
+
+    async fn poll_loop(
+        &self,
+        jobs: &crossbeam_channel::Sender<Delivered>,
+        counters: &Counters,
+        capacity: &Notify,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Termination {
+        let max_in_flight = self.options.concurrency + self.options.prefetch;
+        let mut idle = Duration::from_millis(1);
+        let mut error_backoff = Duration::from_millis(100);
+        loop {
+            if *shutdown.borrow() {
+                return Termination::Shutdown {
+                    released: 0,
+                    unfinished: 0,
+                };
+            }
+            let in_flight = counters.in_flight.load(Ordering::SeqCst);
+            let room = max_in_flight.saturating_sub(in_flight).min(MAX_BATCH);
+            if room == 0 {
+                tokio::select! {
+                    _ = capacity.notified() => {}
+                    _ = shutdown.changed() => {}
+                }
+                continue;
+            }
+            match self.queue.receive(room, self.options.lease).await {
+                Ok(batch) if batch.is_empty() => {
+                    if self.options.drain
+                        && in_flight == 0
+                        && self.queue.is_idle().await.unwrap_or(false)
+                    {
+                        return Termination::Drained;
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(idle) => {}
+                        _ = self.wake.notified() => {}
+                        _ = capacity.notified(), if in_flight > 0 => {}
+                        _ = shutdown.changed() => {}
+                    }
+                    idle = (idle * 2).min(IDLE_POLL_MAX);
+                }
+                Ok(batch) => {
+                    idle = Duration::from_millis(1);
+                    error_backoff = Duration::from_millis(100);
+                    counters.in_flight.fetch_add(batch.len(), Ordering::SeqCst);
+                    for delivered in batch {
+                        // The receiving side lives until every worker has stopped.
+                        let _ = jobs.send(delivered);
+                    }
+                }
+                Err(error) => {
+                    tracing::error!(%error, backoff_ms = error_backoff.as_millis() as u64, "receiving from the queue failed; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(error_backoff) => {}
+                        _ = shutdown.changed() => {}
+                    }
+                    error_backoff = (error_backoff * 2).min(ERROR_BACKOFF_MAX);
+                }
+            }
+        }
+    }
+
+    fn start_workers(
+        &self,
+        jobs: crossbeam_channel::Receiver<Delivered>,
+        results: mpsc::UnboundedSender<WorkerResult>,
+        stopping: Arc<AtomicBool>,
+    ) -> Vec<JoinHandle<()>> {
+        let gates = Arc::new(self.gates());
+        (0..self.options.concurrency)
+            .filter_map(|index| {
+                let worker = Worker {
+                    jobs: jobs.clone(),
+                    results: results.clone(),
+                    stopping: stopping.clone(),
+                    dispatcher: self.dispatcher.clone(),
+                    clock: self.clock.clone(),
+                    gates: gates.clone(),
+                };
+                std::thread::Builder::new()
+                    .name(format!("jobhost-worker-{index}"))
+                    .spawn(move || worker.run())
+                    .map_err(|error| tracing::error!(%error, "cannot start a worker thread"))
+                    .ok()
+            })
+            .collect()
+    }
+
+    fn gates(&self) -> HashMap<String, Arc<Gate>> {
+        let mut gates = HashMap::new();
+        for plugin in self.dispatcher.plugins().plugins() {
+            if let Some(limit) = plugin.manifest.concurrency {
+                let gate = Arc::new(Gate {
+                    running: Mutex::new(0),
+                    freed: Condvar::new(),
+                    limit,
+                });
+                for name in &plugin.names {
+                    gates.insert(name.clone(), gate.clone());
+                }
+            }
+        }
+        gates
+    }
+
+    async fn join_workers(&self, workers: Vec<JoinHandle<()>>, counters: &Counters) -> u64 {
+        let joined = tokio::task::spawn_blocking(move || {
+            for worker in workers {
+                let _ = worker.join();
+            }
+        });
+        match tokio::time::timeout(self.options.grace, joined).await {
+            Ok(_) => 0,
+            Err(_) => {
+                let unfinished = counters.in_flight.load(Ordering::SeqCst) as u64;
+                tracing::warn!(
+                    unfinished,
+                    grace_s = self.options.grace.as_secs(),
+                    "jobs still running after the grace period; their leases will expire and they will run again"
+                );
+                unfinished
+            }
+        }
+    }
+}
+
+struct Worker {
+    jobs: crossbeam_channel::Receiver<Delivered>,
+    results: mpsc::UnboundedSender<WorkerResult>,
+    stopping: Arc<AtomicBool>,
+    dispatcher: Arc<Dispatcher>,
+    clock: Arc<dyn Clock>,
+    gates: Arc<HashMap<String, Arc<Gate>>>,
+}
+
+impl Worker {
+    fn run(self) {
+        while let Ok(delivered) = self.jobs.recv() {
+            if self.stopping.load(Ordering::SeqCst) {
+                let _ = self.results.send(WorkerResult::Unstarted(delivered));
+                continue;
+            }
+            let settlement = self.process(delivered);
+            let _ = self.results.send(WorkerResult::Settled(settlement));
+        }
+    }
+
+    fn process(&self, delivered: Delivered) -> Settlement {
+        let delivery = Delivery {
+            fallback_id: Some(delivered.id.clone()),
+            attempt: Some(delivered.attempt),
+            deadline: None,
+        };
+        let gate = match &delivered.message {
+            Message::Envelope(envelope) => self.gates.get(&envelope.job).cloned(),
+            Message::Raw(_) => None,
+        };
+        if let Some(gate) = &gate {
+            gate.enter();
+        }
+        let report = match &delivered.message {
+            Message::Envelope(envelope) => self
+                .dispatcher
+                .dispatch_envelope(envelope.clone(), &delivery),
+            Message::Raw(body) => self.dispatcher.dispatch(body, &delivery),
+        };
+        if let Some(gate) = &gate {
+            gate.leave();
+        }
+        let action = Action::from_report(&report, self.clock.now());
+        Settlement { delivered, action }
+    }
+}
+
+async fn settle_loop<Q: Queue>(
+    queue: Arc<Q>,
+    mut results: mpsc::UnboundedReceiver<WorkerResult>,
+    counters: Arc<Counters>,
+    capacity: Arc<Notify>,
+) {
+    while let Some(first) = results.recv().await {
+        let mut settled = Vec::new();
+        let mut unstarted = Vec::new();
+        let mut next = Some(first);
+        while let Some(result) = next.take() {
+            match result {
+                WorkerResult::Settled(s) => settled.push(s),
+                WorkerResult::Unstarted(d) => unstarted.push(d),
+            }
+            if settled.len() + unstarted.len() < MAX_SETTLE_BATCH {
+                next = results.try_recv().ok();
+            }
+        }
+        let count = settled.len() + unstarted.len();
+        tally(&settled, &counters);
+        write_settlements(queue.as_ref(), settled).await;
+        if !unstarted.is_empty() {
+            counters
+                .released
+                .fetch_add(unstarted.len() as u64, Ordering::SeqCst);
+            if let Err(error) = queue.release(unstarted).await {
+                tracing::error!(%error, "could not give back unstarted jobs; their leases will expire");
+            }
+        }
+        counters.in_flight.fetch_sub(count, Ordering::SeqCst);
+        capacity.notify_one();
+    }
+}
+
+fn tally(settled: &[Settlement], counters: &Counters) {
+    for settlement in settled {
+        let counter = match settlement.action {
+            Action::Done { .. } => &counters.done,
+            Action::Retry { .. } => &counters.retried,
+            Action::DeadLetter { .. } => &counters.dead,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Writes settlements, retrying a failed write a few times. When the queue stays
+/// unreachable nothing is acknowledged, and the leases bring the jobs back.
+async fn write_settlements<Q: Queue>(queue: &Q, settled: Vec<Settlement>) {
+    if settled.is_empty() {
+        return;
+    }
+    let mut backoff = Duration::from_millis(50);
+    for attempt in 1..=5 {
+        match queue.settle(settled.clone()).await {
+            Ok(()) => return,
+            Err(error) => {
+                tracing::error!(%error, attempt, jobs = settled.len(), "recording results failed; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff *= 2;
+            }
+        }
+    }
+    tracing::error!(
+        jobs = settled.len(),
+        "results not recorded; the jobs will run again when their leases expire"
+    );
+}

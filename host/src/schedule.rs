@@ -1,0 +1,110 @@
+//! Periodic jobs from the handlers' `[[schedule]]` entries. Each tick is enqueued once,
+//! even across restarts and with several hosts on one queue file: the tick's key is
+//! recorded in the same transaction as the job. After a restart, ticks of the last
+//! [`LOOKBACK`] that were missed are enqueued (once).
+//!
+//! Main type: [`Scheduler`].
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use chrono::{DateTime, Utc};
+use tokio::sync::watch;
+
+use crate::clock::{Clock, to_ms};
+use crate::plugin::PluginSet;
+use crate::queue::sqlite::SqliteQueue;
+use crate::queue::{Enqueued, NewJob, QueueError};
+
+/// How far back a starting scheduler looks for missed ticks.
+pub const LOOKBACK: Duration = Duration::from_secs(60);
+
+struct Entry {
+    job: String,
+    cron: croner::Cron,
+    payload: serde_json::Value,
+    key: String,
+    last: SystemTime,
+}
+
+/// Enqueues the ticks of every schedule.
+pub struct Scheduler {
+    queue: SqliteQueue,
+    clock: Arc<dyn Clock>,
+    entries: Vec<Entry>,
+}
+
+impl Scheduler {
+    /// A scheduler for every `[[schedule]]` of the loaded handlers.
+    pub fn new(plugins: &PluginSet, queue: SqliteQueue) -> Self {
+        let clock = queue.clock().clone();
+        let start = clock.now() - LOOKBACK;
+        let mut entries = Vec::new();
+        for plugin in plugins.plugins() {
+            for (index, schedule) in plugin.manifest.schedule.iter().enumerate() {
+                // Validated when the manifest was loaded.
+                let Ok(cron) = schedule.cron() else { continue };
+                let job = schedule
+                    .job
+                    .clone()
+                    .unwrap_or_else(|| plugin.names[0].clone());
+                entries.push(Entry {
+                    key: format!("{job}#{index}#{}", schedule.cron),
+                    job,
+                    cron,
+                    payload: schedule.payload.clone(),
+                    last: start,
+                });
+            }
+        }
+        Self {
+            queue,
+            clock,
+            entries,
+        }
+    }
+
+    /// Whether there is anything to schedule.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Enqueues every tick that is due by now and not enqueued before.
+    pub fn tick(&mut self) -> Result<Vec<Enqueued>, QueueError> {
+        let now = self.clock.now();
+        let mut enqueued = Vec::new();
+        for entry in &mut self.entries {
+            while let Some(next) = next_after(&entry.cron, entry.last).filter(|t| *t <= now) {
+                let key = format!("{}@{}", entry.key, to_ms(next));
+                let mut job = NewJob::new(entry.job.clone(), entry.payload.clone());
+                job.run_at = Some(next);
+                if let Some(done) = self.queue.enqueue_tick(&key, &job)? {
+                    tracing::info!(job.name = %entry.job, tick = %DateTime::<Utc>::from(next), "periodic job enqueued");
+                    enqueued.push(done);
+                }
+                entry.last = next;
+            }
+        }
+        Ok(enqueued)
+    }
+
+    /// Ticks every second until `shutdown`.
+    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+        while !*shutdown.borrow() {
+            if let Err(error) = self.tick() {
+                tracing::error!(%error, "enqueueing periodic jobs failed; retrying");
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = shutdown.changed() => {}
+            }
+        }
+    }
+}
+
+fn next_after(cron: &croner::Cron, after: SystemTime) -> Option<SystemTime> {
+    let after: DateTime<Utc> = after.into();
+    cron.find_next_occurrence(&after, false)
+        .ok()
+        .map(SystemTime::from)
+}

@@ -1,0 +1,132 @@
+//! `jobhost run`: the embedded queue, the poller, the periodic scheduler and the optional
+//! HTTP API in one process, with graceful shutdown on SIGINT/SIGTERM (a second signal
+//! exits at once; leases then expire and the jobs run again).
+//!
+//! Main types: [`ServeOptions`], [`serve`].
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::sync::watch;
+
+use crate::clock::SystemClock;
+use crate::config::HostConfig;
+use crate::queue::sqlite::{Retention, SqliteQueue};
+use crate::runner::{RunOptions, RunSummary, Runner, default_concurrency};
+use crate::schedule::Scheduler;
+
+/// Exit code after a second signal.
+pub const EXIT_INTERRUPTED: i32 = 130;
+
+/// What `jobhost run` was asked to do.
+#[derive(Clone, Debug)]
+pub struct ServeOptions {
+    /// The queue file.
+    pub db: PathBuf,
+    /// Worker threads (default: [`default_concurrency`]).
+    pub concurrency: Option<usize>,
+    /// Exit once nothing is due or running.
+    pub drain: bool,
+    /// Serve the HTTP API here.
+    pub http: Option<SocketAddr>,
+    /// Lease length (default: the longest handler timeout plus a minute).
+    pub lease: Option<Duration>,
+    /// Grace period for running jobs on shutdown.
+    pub grace: Duration,
+    /// Retention of done jobs.
+    pub retention: Retention,
+}
+
+/// Runs the host until drained or signalled.
+pub fn serve(config: &HostConfig, options: ServeOptions) -> anyhow::Result<RunSummary> {
+    let dispatcher = Arc::new(config.start()?);
+    if dispatcher.plugins().plugins().is_empty() {
+        tracing::warn!(plugins = %config.plugins_dir.display(), "no handlers loaded; every job will be dead-lettered as unknown-job");
+    }
+    let queue = SqliteQueue::open_with(
+        &options.db,
+        Arc::new(SystemClock),
+        options.retention.clone(),
+    )?;
+    let max_timeout = dispatcher
+        .plugins()
+        .plugins()
+        .iter()
+        .map(|p| Duration::from_millis(p.manifest.limits.timeout_ms))
+        .max()
+        .unwrap_or(Duration::from_secs(30));
+    let mut run = RunOptions::new(
+        options.concurrency.unwrap_or_else(default_concurrency),
+        max_timeout,
+    );
+    run.drain = options.drain;
+    run.grace = options.grace;
+    if let Some(lease) = options.lease {
+        run.lease = lease;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("jobhost-io")
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let (stop, stopped) = watch::channel(false);
+        tokio::spawn(watch_signals(stop.clone()));
+        let runner = Runner::new(Arc::new(queue.clone()), dispatcher.clone(), queue.clock().clone(), run.clone());
+        if let Some(addr) = options.http {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr}"))?;
+            if !addr.ip().is_loopback() {
+                tracing::warn!(%addr, "the HTTP API has no authentication and listens beyond loopback");
+            }
+            let router = crate::http::router(queue.clone(), dispatcher.clone(), runner.waker());
+            tokio::spawn(crate::http::serve(listener, router, stopped.clone()));
+            tracing::info!(%addr, "HTTP API listening");
+        }
+        let scheduler = Scheduler::new(dispatcher.plugins(), queue.clone());
+        if !scheduler.is_empty() {
+            tokio::spawn(scheduler.run(stopped.clone()));
+        }
+        tracing::info!(
+            db = %options.db.display(),
+            handlers = dispatcher.plugins().plugins().len(),
+            concurrency = run.concurrency,
+            lease_s = run.lease.as_secs(),
+            "jobhost running"
+        );
+        let summary = runner.run(stopped).await;
+        let _ = stop.send(true);
+        Ok(summary)
+    })
+}
+
+async fn watch_signals(stop: watch::Sender<bool>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut interrupt), Ok(mut terminate)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        tracing::error!("cannot install signal handlers");
+        return;
+    };
+    for count in 1.. {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+        }
+        if count > 1 {
+            tracing::warn!(
+                "second signal: exiting now; leases will expire and the running jobs will run again"
+            );
+            std::process::exit(EXIT_INTERRUPTED);
+        }
+        tracing::warn!(
+            "shutting down: no new jobs; running jobs may finish (signal again to exit now)"
+        );
+        let _ = stop.send(true);
+    }
+}
