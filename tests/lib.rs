@@ -66,6 +66,18 @@ impl Handlers {
     }
 }
 
+/// The `jobhost` binary next to the running test executable (built by `cargo xtask test`),
+/// with the shared artifact cache and quiet logs.
+pub fn jobhost_command() -> anyhow::Result<std::process::Command> {
+    let exe = std::env::current_exe()?;
+    let dir = exe.parent().and_then(|deps| deps.parent()).map(PathBuf::from);
+    let bin = dir.map(|d| d.join("jobhost")).filter(|p| p.is_file());
+    let bin = bin.ok_or_else(|| anyhow::anyhow!("the jobhost binary is not built: run `cargo xtask test`"))?;
+    let mut command = std::process::Command::new(bin);
+    command.env("JOBHOST_CACHE_DIR", shared_cache_dir()).env("JOBHOST_LOG", "warn");
+    Ok(command)
+}
+
 /// The artifact cache the tests share.
 pub fn shared_cache_dir() -> PathBuf {
     let target = option_env!("CARGO_TARGET_DIR").map_or_else(

@@ -134,6 +134,7 @@ pub struct Runner<Q: Queue> {
     clock: Arc<dyn Clock>,
     options: RunOptions,
     wake: Arc<Notify>,
+    settled: Arc<Notify>,
 }
 
 impl<Q: Queue> Runner<Q> {
@@ -150,7 +151,13 @@ impl<Q: Queue> Runner<Q> {
             clock,
             options,
             wake: Arc::new(Notify::new()),
+            settled: Arc::new(Notify::new()),
         }
+    }
+
+    /// Notifies every waiter each time a batch of results has been recorded.
+    pub fn settled(&self) -> Arc<Notify> {
+        self.settled.clone()
     }
 
     /// Notified to poll at once.
@@ -171,6 +178,7 @@ impl<Q: Queue> Runner<Q> {
             results_rx,
             counters.clone(),
             capacity.clone(),
+            self.settled.clone(),
         ));
         let termination = self
             .poll_loop(&jobs_tx, &counters, &capacity, &mut shutdown)
@@ -375,6 +383,7 @@ async fn settle_loop<Q: Queue>(
     mut results: mpsc::UnboundedReceiver<WorkerResult>,
     counters: Arc<Counters>,
     capacity: Arc<Notify>,
+    settled_notify: Arc<Notify>,
 ) {
     while let Some(first) = results.recv().await {
         let mut settled = Vec::new();
@@ -402,6 +411,7 @@ async fn settle_loop<Q: Queue>(
         }
         counters.in_flight.fetch_sub(count, Ordering::SeqCst);
         capacity.notify_one();
+        settled_notify.notify_waiters();
     }
 }
 

@@ -83,7 +83,7 @@ pub fn serve(config: &HostConfig, options: ServeOptions) -> anyhow::Result<RunSu
             if !addr.ip().is_loopback() {
                 tracing::warn!(%addr, "the HTTP API has no authentication and listens beyond loopback");
             }
-            let router = crate::http::router(queue.clone(), dispatcher.clone(), runner.waker());
+            let router = crate::http::router(queue.clone(), dispatcher.clone(), runner.waker(), runner.settled());
             tokio::spawn(crate::http::serve(listener, router, stopped.clone()));
             tracing::info!(%addr, "HTTP API listening");
         }

@@ -1,25 +1,12 @@
 //! The `jobhost` binary, run as a user would.
 
-use std::path::PathBuf;
 use std::process::Command;
 
-use jobhost_tests::{Handlers, fixtures, shared_cache_dir};
+use jobhost_tests::{Handlers, fixtures};
 use serde_json::Value;
 
-/// The `jobhost` binary next to this test executable (built by `cargo xtask test`).
 fn jobhost() -> anyhow::Result<Command> {
-    let exe = std::env::current_exe()?;
-    let dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .map(PathBuf::from);
-    let bin = dir.map(|d| d.join("jobhost")).filter(|p| p.is_file());
-    let bin = bin.ok_or_else(|| {
-        anyhow::anyhow!("the jobhost binary is not built: run `cargo xtask test`")
-    })?;
-    let mut command = Command::new(bin);
-    command.env("JOBHOST_CACHE_DIR", shared_cache_dir());
-    Ok(command)
+    jobhost_tests::jobhost_command()
 }
 
 fn exec(handlers: &Handlers, args: &[&str]) -> anyhow::Result<(i32, Value, String)> {

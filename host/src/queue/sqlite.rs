@@ -259,7 +259,7 @@ impl SqliteQueue {
         let mut statement = tx.prepare_cached(
             "UPDATE jobs SET state = 'running', attempts = attempts + 1, lease_owner = ?1,
                  lease_until = ?2, updated_at = ?3
-             WHERE seq IN (SELECT seq FROM jobs WHERE state = 'queued' AND run_at <= ?3
+             WHERE seq IN (SELECT seq FROM jobs INDEXED BY jobs_due WHERE state = 'queued' AND run_at <= ?3
                            ORDER BY priority DESC, run_at, seq LIMIT ?4)
              RETURNING id, name, payload, attempts, max_attempts, created_at, body",
         )?;

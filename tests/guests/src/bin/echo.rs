@@ -7,6 +7,9 @@ struct Payload {
     message: String,
     #[serde(default)]
     children: u32,
+    /// Fail transiently after enqueueing the children (they must not be committed).
+    #[serde(default)]
+    fail: bool,
 }
 
 struct Echo;
@@ -23,6 +26,9 @@ impl Handler for Echo {
             jobhost_guest::progress(u64::from(child), u64::from(job.payload.children), Some("enqueueing"));
             let payload = serde_json::json!({"message": format!("child {child}")});
             jobhost_guest::enqueue("echo", &payload, EnqueueOptions::default()).map_err(JobError::permanent)?;
+        }
+        if job.payload.fail {
+            return Err(JobError::transient("failing after the enqueues"));
         }
         Ok(serde_json::json!({"echo": job.payload.message, "attempt": job.attempt, "id": job.id}))
     }

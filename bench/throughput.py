@@ -1,0 +1,122 @@
+#!/usr/bin/env python3
+"""Throughput benchmark of jobhost on its embedded SQLite queue, with the same steps and the
+same `peer=... key=value` result line as ../shared/bench/peers (so median.py works on it):
+
+1. enqueue N no-op jobs in bulk (`jobhost enqueue --file`, one transaction) -> enqueue_per_s
+2. drain: launch `jobhost run --drain` (concurrency C) and time until it exits with all N
+   done -> process_per_s = N / drain_s; peak RSS of that process -> worker_rss_mb
+3. latency probe: with `jobhost run --http` idle, send PROBE jobs one at a time
+   (POST /jobs, then GET /jobs/{id}?wait_ms=...) -> p50/p99 enqueue-to-done, in ms
+
+Usage: throughput.py JOBHOST_BIN HANDLERS_DIR [N] [C] [PROBE]
+Durability: WAL with synchronous=NORMAL (a commit survives a crash of the process; the last
+commits before a power loss may not).
+"""
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, proc, timeout=60):
+    end = time.time() + timeout
+    while time.time() < end:
+        if proc.poll() is not None:
+            raise SystemExit("jobhost run exited early: %s" % proc.returncode)
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.02)
+    raise SystemExit("port %d never opened" % port)
+
+
+def post(port, body):
+    req = urllib.request.Request("http://127.0.0.1:%d/jobs" % port, data=json.dumps(body).encode(),
+                                 headers={"content-type": "application/json"}, method="POST")
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return json.load(r)
+
+
+def get(port, path):
+    with urllib.request.urlopen("http://127.0.0.1:%d%s" % (port, path), timeout=40) as r:
+        return json.load(r)
+
+
+def main():
+    jobhost, handlers = sys.argv[1], sys.argv[2]
+    n = int(sys.argv[3]) if len(sys.argv) > 3 else 100000
+    c = int(sys.argv[4]) if len(sys.argv) > 4 else 4
+    probe = int(sys.argv[5]) if len(sys.argv) > 5 else 200
+    tmp = tempfile.mkdtemp(prefix="jobhost-bench.")
+    db = os.path.join(tmp, "bench.db")
+    env = dict(os.environ, JOBHOST_LOG="warn")
+    # Compile once so neither timed step pays for it.
+    subprocess.run([jobhost, "compile", handlers], check=True, stdout=subprocess.DEVNULL, env=env)
+
+    jobs = os.path.join(tmp, "jobs.ndjson")
+    with open(jobs, "w") as f:
+        for i in range(n):
+            f.write('{"job":"noop","payload":{"i":%d}}\n' % i)
+    t0 = time.perf_counter()
+    subprocess.run([jobhost, "enqueue", "--db", db, "--file", jobs], check=True, stdout=subprocess.DEVNULL, env=env)
+    enqueue_s = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    drain = subprocess.Popen([jobhost, "run", "--db", db, "--plugins", handlers, "--drain", "--concurrency", str(c)],
+                             stdout=subprocess.PIPE, text=True, env=env)
+    stdout = drain.stdout.read()
+    _, status, usage = os.wait4(drain.pid, 0)
+    drain_s = time.perf_counter() - t0
+    drain.returncode = os.waitstatus_to_exitcode(status)
+    if drain.returncode != 0:
+        raise SystemExit("jobhost run --drain failed: %s" % drain.returncode)
+    worker_kb = usage.ru_maxrss  # this process alone, not the enqueuer
+    summary = json.loads(stdout.strip().splitlines()[-1])
+    if summary["done"] != n:
+        raise SystemExit("only %s of %d jobs done: %s" % (summary["done"], n, summary))
+
+    port = free_port()
+    proc = subprocess.Popen([jobhost, "run", "--db", db, "--plugins", handlers, "--concurrency", str(c),
+                             "--http", "127.0.0.1:%d" % port], stdout=subprocess.DEVNULL, env=env)
+    try:
+        wait_port(port, proc)
+        lat = []
+        for i in range(probe):
+            t = time.perf_counter()
+            job = post(port, {"job": "noop", "payload": {"probe": i}})
+            record = get(port, "/jobs/%s?wait_ms=10000" % job["id"])
+            lat.append((time.perf_counter() - t) * 1000)
+            if record["state"] != "done":
+                raise SystemExit("probe job not done: %s" % record)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    lat.sort()
+
+    def pct(p):
+        return lat[min(len(lat) - 1, int(p * len(lat)))]
+
+    print(" ".join([
+        "peer=jobhost-sqlite-wal-normal", "n=%d" % n, "c=%d" % c,
+        "enqueue_per_s=%d" % round(n / enqueue_s),
+        "process_per_s=%d" % round(n / drain_s),
+        "enqueue_s=%.3f" % enqueue_s, "drain_s=%.3f" % drain_s,
+        "p50_latency_ms=%.3f" % pct(0.5), "p99_latency_ms=%.3f" % pct(0.99),
+        "rss_mb=%.1f" % (worker_kb / 1024), "worker_rss_mb=%.1f" % (worker_kb / 1024),
+        "server_rss_mb=0.0",
+    ]), flush=True)
+
+
+if __name__ == "__main__":
+    main()
