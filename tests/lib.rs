@@ -70,11 +70,18 @@ impl Handlers {
 /// with the shared artifact cache and quiet logs.
 pub fn jobhost_command() -> anyhow::Result<std::process::Command> {
     let exe = std::env::current_exe()?;
-    let dir = exe.parent().and_then(|deps| deps.parent()).map(PathBuf::from);
+    let dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .map(PathBuf::from);
     let bin = dir.map(|d| d.join("jobhost")).filter(|p| p.is_file());
-    let bin = bin.ok_or_else(|| anyhow::anyhow!("the jobhost binary is not built: run `cargo xtask test`"))?;
+    let bin = bin.ok_or_else(|| {
+        anyhow::anyhow!("the jobhost binary is not built: run `cargo xtask test`")
+    })?;
     let mut command = std::process::Command::new(bin);
-    command.env("JOBHOST_CACHE_DIR", shared_cache_dir()).env("JOBHOST_LOG", "warn");
+    command
+        .env("JOBHOST_CACHE_DIR", shared_cache_dir())
+        .env("JOBHOST_LOG", "warn");
     Ok(command)
 }
 

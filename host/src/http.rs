@@ -42,7 +42,12 @@ struct ShowQuery {
 
 /// The API's routes. `wake` is notified after each enqueue; `settled` is notified by the
 /// runner after each batch of results.
-pub fn router(queue: SqliteQueue, dispatcher: Arc<Dispatcher>, wake: Arc<Notify>, settled: Arc<Notify>) -> Router {
+pub fn router(
+    queue: SqliteQueue,
+    dispatcher: Arc<Dispatcher>,
+    wake: Arc<Notify>,
+    settled: Arc<Notify>,
+) -> Router {
     let limit = dispatcher.options().max_body_bytes;
     Router::new()
         .route("/jobs", post(create_job))
@@ -52,7 +57,12 @@ pub fn router(queue: SqliteQueue, dispatcher: Arc<Dispatcher>, wake: Arc<Notify>
             get(|| async { axum::Json(json!({"status": "ok"})) }),
         )
         .layer(DefaultBodyLimit::max(limit))
-        .with_state(Api { queue, dispatcher, wake, settled })
+        .with_state(Api {
+            queue,
+            dispatcher,
+            wake,
+            settled,
+        })
 }
 
 /// Serves the API on `listener` until `shutdown`.
@@ -140,7 +150,11 @@ async fn create_job(State(api): State<Api>, body: Bytes) -> Response {
     }
 }
 
-async fn show_job(State(api): State<Api>, Path(id): Path<String>, Query(query): Query<ShowQuery>) -> Response {
+async fn show_job(
+    State(api): State<Api>,
+    Path(id): Path<String>,
+    Query(query): Query<ShowQuery>,
+) -> Response {
     let wait = Duration::from_millis(query.wait_ms.unwrap_or(0)).min(MAX_WAIT);
     let deadline = Instant::now() + wait;
     loop {
@@ -153,8 +167,18 @@ async fn show_job(State(api): State<Api>, Path(id): Path<String>, Query(query): 
         let record = match tokio::task::spawn_blocking(move || queue.get(&lookup)).await {
             Ok(Ok(Some(record))) => record,
             Ok(Ok(None)) => return error(StatusCode::NOT_FOUND, json!({"error": "no such job"})),
-            Ok(Err(e)) => return error(StatusCode::SERVICE_UNAVAILABLE, json!({"error": e.to_string()})),
-            Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, json!({"error": e.to_string()})),
+            Ok(Err(e)) => {
+                return error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    json!({"error": e.to_string()}),
+                );
+            }
+            Err(e) => {
+                return error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    json!({"error": e.to_string()}),
+                );
+            }
         };
         let finished = matches!(record.state.as_str(), "done" | "dead" | "cancelled");
         let now = Instant::now();

@@ -3,3 +3,5 @@
 mod cli;
 mod loading;
 mod outcomes;
+mod process;
+mod queue;

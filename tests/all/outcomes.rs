@@ -311,8 +311,18 @@ fn rejected_messages_never_reach_a_handler() -> anyhow::Result<()> {
 fn busy() -> anyhow::Result<()> {
     let handlers = Handlers::new()?;
     handlers.add(fixtures::BUSY, "busy")?;
-    let report = run_job(&handlers.dispatcher()?, "busy", json!({"i": 21, "ms": 50}), 1);
-    assert_eq!(report.outcome, Outcome::Done { output: Some("42".into()) });
+    let report = run_job(
+        &handlers.dispatcher()?,
+        "busy",
+        json!({"i": 21, "ms": 50}),
+        1,
+    );
+    assert_eq!(
+        report.outcome,
+        Outcome::Done {
+            output: Some("42".into())
+        }
+    );
     assert!(report.duration.as_millis() >= 50, "{:?}", report.duration);
     Ok(())
 }

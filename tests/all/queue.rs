@@ -1,0 +1,418 @@
+//! The embedded queue on a real SQLite file: every state transition, leases, backoff on an
+//! injected clock, unique keys, children committed only with their parent, periodic ticks.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use jobhost::clock::{Clock as _, ManualClock};
+use jobhost::queue::sqlite::{CancelResult, Retention, SqliteQueue};
+use jobhost::queue::{Action, Delivered, Enqueued, NewJob, Settlement};
+use jobhost::runner::{RunOptions, Runner};
+use jobhost::schedule::Scheduler;
+use jobhost::{Delivery, Reason};
+use jobhost_tests::{Handlers, fixtures};
+use serde_json::json;
+
+const LEASE: Duration = Duration::from_secs(30);
+
+struct Db {
+    dir: tempfile::TempDir,
+    clock: Arc<ManualClock>,
+}
+
+impl Db {
+    fn new() -> anyhow::Result<Self> {
+        Ok(Self {
+            dir: tempfile::tempdir()?,
+            clock: Arc::new(ManualClock::new(
+                SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000),
+            )),
+        })
+    }
+
+    /// A connection with its own lease owner: a worker process, as far as the queue knows.
+    fn open(&self) -> anyhow::Result<SqliteQueue> {
+        Ok(SqliteQueue::open_with(
+            &self.dir.path().join("q.db"),
+            self.clock.clone(),
+            Retention::default(),
+        )?)
+    }
+}
+
+fn settle(queue: &SqliteQueue, delivered: &Delivered, action: Action) -> anyhow::Result<()> {
+    Ok(queue.settle_now(&[Settlement {
+        delivered: delivered.clone(),
+        action,
+    }])?)
+}
+
+fn state(queue: &SqliteQueue, id: &str) -> anyhow::Result<String> {
+    Ok(queue.get(id)?.map(|r| r.state).unwrap_or_default())
+}
+
+#[test]
+fn every_state_transition() -> anyhow::Result<()> {
+    let db = Db::new()?;
+    let queue = db.open()?;
+    let ids: Vec<String> = queue
+        .enqueue_now(&[
+            NewJob::new("a", json!({"n": 1})),
+            NewJob::new("b", json!({})),
+            NewJob::new("c", json!({})),
+        ])?
+        .iter()
+        .map(|e| e.id().to_string())
+        .collect();
+    assert_eq!(state(&queue, &ids[0])?, "queued");
+    let claimed = queue.claim(2, LEASE)?;
+    assert_eq!(claimed.len(), 2);
+    assert!(claimed.iter().all(|d| d.attempt == 1));
+    assert_eq!(state(&queue, &claimed[0].id)?, "running");
+    // running -> done, with output and progress kept.
+    let progress = jobhost::Progress {
+        done: 3,
+        total: 3,
+        message: None,
+    };
+    let done = Action::Done {
+        output: Some("\"ok\"".into()),
+        progress: Some(progress),
+        children: vec![],
+    };
+    settle(&queue, &claimed[0], done)?;
+    let record = queue
+        .get(&claimed[0].id)?
+        .ok_or_else(|| anyhow::anyhow!("kept"))?;
+    assert_eq!(
+        (record.state.as_str(), record.output.as_deref()),
+        ("done", Some("\"ok\""))
+    );
+    assert_eq!(
+        record.progress,
+        Some(json!({"done": 3, "total": 3, "message": null}))
+    );
+    // running -> dead, with the reason.
+    let dead = Action::DeadLetter {
+        reason: Reason::Permanent,
+        message: "no such user".into(),
+    };
+    settle(&queue, &claimed[1], dead)?;
+    let record = queue
+        .get(&claimed[1].id)?
+        .ok_or_else(|| anyhow::anyhow!("kept"))?;
+    assert_eq!(
+        (record.state.as_str(), record.reason.as_deref()),
+        ("dead", Some("permanent"))
+    );
+    assert_eq!(record.last_error.as_deref(), Some("no such user"));
+    // queued -> cancelled; a finished job cannot be cancelled.
+    assert_eq!(queue.cancel(&ids[2])?, CancelResult::Cancelled);
+    assert_eq!(
+        queue.cancel(&claimed[0].id)?,
+        CancelResult::NotQueued("done".into())
+    );
+    assert_eq!(queue.cancel("nope")?, CancelResult::NotFound);
+    assert!(
+        queue.claim(10, LEASE)?.is_empty(),
+        "a cancelled job is never claimed"
+    );
+    // dead -> queued (redrive), attempts reset, and it runs again.
+    assert_eq!(queue.redrive(Some(&claimed[1].id))?, 1);
+    let again = queue.claim(10, LEASE)?;
+    assert_eq!((again.len(), again[0].attempt), (1, 1));
+    settle(
+        &queue,
+        &again[0],
+        Action::DeadLetter {
+            reason: Reason::Trap,
+            message: "x".into(),
+        },
+    )?;
+    assert_eq!(queue.purge_dead()?, 1);
+    assert_eq!(queue.get(&claimed[1].id)?, None);
+    assert!(queue.idle_now()?);
+    Ok(())
+}
+
+#[test]
+fn a_retry_waits_for_its_backoff_on_the_clock() -> anyhow::Result<()> {
+    let db = Db::new()?;
+    let queue = db.open()?;
+    queue.enqueue_now(&[NewJob::new("a", json!({}))])?;
+    let first = queue.claim(1, LEASE)?;
+    let at = db.clock.now() + Duration::from_secs(5);
+    settle(
+        &queue,
+        &first[0],
+        Action::Retry {
+            at,
+            reason: Reason::Transient,
+            message: "503".into(),
+        },
+    )?;
+    let record = queue
+        .get(&first[0].id)?
+        .ok_or_else(|| anyhow::anyhow!("kept"))?;
+    assert_eq!(
+        (record.state.as_str(), record.reason.as_deref()),
+        ("queued", Some("transient"))
+    );
+    db.clock.advance(Duration::from_millis(4_999));
+    assert!(queue.claim(1, LEASE)?.is_empty(), "not before its time");
+    assert!(
+        queue.idle_now()?,
+        "a job waiting for its backoff is not due"
+    );
+    db.clock.advance(Duration::from_millis(1));
+    let second = queue.claim(1, LEASE)?;
+    assert_eq!((second.len(), second[0].attempt), (1, 2));
+    Ok(())
+}
+
+#[test]
+fn priority_then_run_at_order() -> anyhow::Result<()> {
+    let db = Db::new()?;
+    let queue = db.open()?;
+    let mut jobs = Vec::new();
+    for (name, priority, delay_s) in [
+        ("low", -1, 0),
+        ("first", 0, 0),
+        ("high", 5, 0),
+        ("later", 9, 60),
+        ("second", 0, 0),
+    ] {
+        let mut job = NewJob::new(name, json!({}));
+        job.priority = priority;
+        job.run_at = Some(db.clock.now() + Duration::from_secs(delay_s));
+        jobs.push(job);
+    }
+    queue.enqueue_now(&jobs)?;
+    let mut order = Vec::new();
+    while let Some(delivered) = queue.claim(1, LEASE)?.pop() {
+        order.push(
+            queue
+                .get(&delivered.id)?
+                .map(|r| r.name)
+                .unwrap_or_default(),
+        );
+    }
+    // The high-priority job that is not due yet waits; the rest go by priority, then age.
+    assert_eq!(order, ["high", "first", "second", "low"]);
+    Ok(())
+}
+
+#[test]
+fn an_expired_lease_is_claimed_again_and_the_old_result_is_dropped() -> anyhow::Result<()> {
+    let db = Db::new()?;
+    let died = db.open()?;
+    let alive = db.open()?;
+    died.enqueue_now(&[NewJob::new("a", json!({}))])?;
+    let lost = died.claim(1, Duration::from_secs(10))?;
+    assert!(
+        alive.claim(1, LEASE)?.is_empty(),
+        "leased to the other worker"
+    );
+    db.clock.advance(Duration::from_secs(11));
+    let taken = alive.claim(1, LEASE)?;
+    assert_eq!((taken.len(), taken[0].attempt), (1, 2));
+    // The first worker comes back late: its result must not overwrite the new lease.
+    let stale = Action::Done {
+        output: Some("\"stale\"".into()),
+        progress: None,
+        children: vec![NewJob::new("child", json!({}))],
+    };
+    settle(&died, &lost[0], stale)?;
+    assert_eq!(state(&alive, &taken[0].id)?, "running");
+    assert!(
+        alive.list(None, Some("child"), 10)?.is_empty(),
+        "no children from a lost lease"
+    );
+    settle(
+        &alive,
+        &taken[0],
+        Action::Done {
+            output: Some("\"fresh\"".into()),
+            progress: None,
+            children: vec![],
+        },
+    )?;
+    assert_eq!(
+        alive.get(&taken[0].id)?.and_then(|r| r.output).as_deref(),
+        Some("\"fresh\"")
+    );
+    Ok(())
+}
+
+#[test]
+fn unique_keys_return_the_existing_job() -> anyhow::Result<()> {
+    let db = Db::new()?;
+    let queue = db.open()?;
+    let mut job = NewJob::new("a", json!({}));
+    job.unique_key = Some("invoice-7".into());
+    let first = queue.enqueue_now(std::slice::from_ref(&job))?.remove(0);
+    let Enqueued::Created(id) = first else {
+        anyhow::bail!("first is new")
+    };
+    assert_eq!(
+        queue.enqueue_now(std::slice::from_ref(&job))?,
+        [Enqueued::Duplicate(id.clone())]
+    );
+    let claimed = queue.claim(1, LEASE)?;
+    assert_eq!(
+        queue.enqueue_now(std::slice::from_ref(&job))?,
+        [Enqueued::Duplicate(id.clone())],
+        "running counts too"
+    );
+    settle(
+        &queue,
+        &claimed[0],
+        Action::Done {
+            output: None,
+            progress: None,
+            children: vec![],
+        },
+    )?;
+    let after = queue.enqueue_now(std::slice::from_ref(&job))?.remove(0);
+    assert!(
+        matches!(after, Enqueued::Created(ref new) if *new != id),
+        "{after:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn children_are_committed_only_with_the_parents_success() -> anyhow::Result<()> {
+    let handlers = Handlers::new()?;
+    handlers.add(fixtures::ECHO, "echo")?;
+    let dispatcher = handlers.dispatcher()?;
+    let db = Db::new()?;
+    let queue = db.open()?;
+    queue.enqueue_now(&[NewJob::new(
+        "echo",
+        json!({"message": "p", "children": 3, "fail": true}),
+    )])?;
+    let delivered = queue.claim(1, LEASE)?.remove(0);
+    let run = |d: &Delivered| {
+        let jobhost::queue::Message::Envelope(envelope) = &d.message else {
+            unreachable!("sqlite stores envelopes")
+        };
+        let delivery = Delivery {
+            fallback_id: None,
+            attempt: Some(d.attempt),
+            deadline: None,
+        };
+        Action::from_report(
+            &dispatcher.dispatch_envelope(envelope.clone(), &delivery),
+            db.clock.now(),
+        )
+    };
+    let failed = run(&delivered);
+    assert!(matches!(failed, Action::Retry { .. }), "{failed:?}");
+    settle(&queue, &delivered, failed)?;
+    assert!(
+        queue.list(Some("queued"), None, 10)?.len() == 1,
+        "the failed parent left no children"
+    );
+
+    let ok = db.open()?;
+    ok.enqueue_now(&[NewJob::new("echo", json!({"message": "p", "children": 3}))])?;
+    let parent = ok.claim(10, LEASE)?.into_iter().find(|d| matches!(&d.message, jobhost::queue::Message::Envelope(e) if e.payload["fail"].is_null())).ok_or_else(|| anyhow::anyhow!("claimed"))?;
+    let done = run(&parent);
+    settle(&ok, &parent, done)?;
+    let children = ok.list(Some("queued"), Some("echo"), 10)?;
+    let mine: Vec<_> = children
+        .iter()
+        .filter(|c| c.parent_id.as_deref() == Some(parent.id.as_str()))
+        .collect();
+    assert_eq!(mine.len(), 3);
+    assert_eq!(
+        mine.iter()
+            .filter(|c| c.payload["message"] == "child 2")
+            .count(),
+        1
+    );
+    Ok(())
+}
+
+#[test]
+fn periodic_ticks_are_not_doubled_across_a_restart() -> anyhow::Result<()> {
+    let handlers = Handlers::new()?;
+    handlers.add(fixtures::NOOP, "noop")?;
+    handlers.sidecar(
+        "noop",
+        "toml",
+        "[[schedule]]\ncron = \"* * * * *\"\npayload = { from = \"cron\" }\n",
+    )?;
+    let dispatcher = handlers.dispatcher()?;
+    let db = Db::new()?;
+    // 1_800_000_000 s is 10:40:00 UTC; start half a minute later.
+    db.clock.advance(Duration::from_secs(30));
+    let mut first = Scheduler::new(dispatcher.plugins(), db.open()?);
+    // Looking back one minute at start, the 10:40:00 tick is due once.
+    assert_eq!(first.tick()?.len(), 1);
+    assert_eq!(first.tick()?.len(), 0);
+    db.clock.advance(Duration::from_secs(31));
+    assert_eq!(first.tick()?.len(), 1, "the 10:41:00 tick");
+    // A restart a few seconds later looks back over both ticks and enqueues neither again.
+    db.clock.advance(Duration::from_secs(5));
+    let mut restarted = Scheduler::new(dispatcher.plugins(), db.open()?);
+    assert_eq!(restarted.tick()?.len(), 0);
+    let queue = db.open()?;
+    let jobs = queue.list(None, Some("noop"), 10)?;
+    assert_eq!(jobs.len(), 2);
+    assert!(jobs.iter().all(|j| j.payload == json!({"from": "cron"})));
+    Ok(())
+}
+
+#[test]
+fn the_runner_drains_a_real_queue_file() -> anyhow::Result<()> {
+    let handlers = Handlers::new()?;
+    handlers.add(fixtures::ECHO, "echo")?;
+    handlers.add(fixtures::PERMANENT, "permanent")?;
+    handlers.add(fixtures::TRANSIENT, "transient")?;
+    handlers.sidecar("transient", "toml", "[retry]\nmax-attempts = 2\n")?;
+    let dispatcher = Arc::new(handlers.dispatcher()?);
+    let dir = tempfile::tempdir()?;
+    let queue = SqliteQueue::open(&dir.path().join("q.db"))?;
+    let mut jobs: Vec<NewJob> = (0..500)
+        .map(|i| NewJob::new("echo", json!({"message": format!("m{i}")})))
+        .collect();
+    jobs.push(NewJob::new("permanent", json!({})));
+    jobs.push(NewJob::new("echo", json!({"message": 3})));
+    jobs.push(NewJob::new("nobody", json!({})));
+    // Fails once with a 1.5 s hint, then succeeds on attempt 2 (capped to 0 ms here).
+    let mut flaky = NewJob::new("transient", json!({"succeed_on": 2}));
+    flaky.max_attempts = Some(2);
+    jobs.push(flaky);
+    queue.enqueue_now(&jobs)?;
+    let mut options = RunOptions::new(2, Duration::from_secs(30));
+    options.drain = true;
+    let runtime = tokio::runtime::Runtime::new()?;
+    let summary = runtime.block_on(async {
+        let runner = Runner::new(
+            Arc::new(queue.clone()),
+            dispatcher,
+            queue.clock().clone(),
+            options,
+        );
+        let (_stop, stopped) = tokio::sync::watch::channel(false);
+        runner.run(stopped).await
+    });
+    assert_eq!(summary.termination, jobhost::runner::Termination::Drained);
+    assert_eq!(summary.dead, 3);
+    let dead = queue.list(Some("dead"), None, 10)?;
+    let mut reasons: Vec<String> = dead.iter().filter_map(|r| r.reason.clone()).collect();
+    reasons.sort();
+    assert_eq!(reasons, ["invalid-payload", "permanent", "unknown-job"]);
+    assert_eq!(queue.list(Some("done"), Some("echo"), 1000)?.len(), 500);
+    // The flaky job waits for its retry: not due yet, so the drain left it queued.
+    let waiting = queue.list(Some("queued"), Some("transient"), 10)?;
+    assert_eq!(waiting.len(), 1);
+    assert_eq!(waiting[0].attempts, 1);
+    assert!(
+        waiting[0].run_at > queue.clock().now_ms() + 1_000,
+        "backoff honours the hint"
+    );
+    Ok(())
+}
