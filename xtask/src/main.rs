@@ -2,7 +2,8 @@
 //!
 //! - `examples`: install the wasm32-wasip2 target if missing and build every example
 //!   handler into `examples/handlers/` (with its sidecars).
-//! - `demo`: build the examples and run a few jobs through them with `jobhost exec`.
+//! - `demo`: build the examples and the host, enqueue jobs into a fresh embedded queue
+//!   (`target/demo/jobhost.db`), run them with `jobhost run --drain`, and show the results.
 //! - `test`: everything CI runs: examples, the host binary, and `cargo test --workspace`.
 
 use std::path::{Path, PathBuf};
@@ -131,30 +132,35 @@ fn demo() -> Result {
     let handlers = build_examples()?;
     run(cargo().args(["build", "--release", "-p", "jobhost"]))?;
     let jobhost = target_root().join("release/jobhost");
-    let jobs = [
-        (
-            "report",
-            r#"{"csv": "city,sales,units\nOslo,120.5,3\nLima,80,2\nOslo,10,1\n", "progress_every": 1}"#,
-        ),
-        ("fan-out", r#"{"job": "report", "items": ["a", "b", "c"]}"#),
-        (
-            "flaky-api",
-            r#"{"url": "https://example.invalid/orders", "fail_until_attempt": 2}"#,
-        ),
-        ("thumbnail", r#"{"image": "bm90IGFuIGltYWdl", "size": 32}"#),
-    ];
-    for (name, payload) in jobs {
-        eprintln!("\n== jobhost exec {name} {payload}");
-        // A job that is not done exits 1: that is part of the demo, not a failure.
-        let status = Command::new(&jobhost)
-            .arg("exec")
-            .arg("--plugins")
-            .arg(&handlers)
-            .args([name, payload])
-            .status()
-            .map_err(|e| e.to_string())?;
-        eprintln!("(exit code {})", status.code().unwrap_or(-1));
-    }
+    let demo_dir = target_root().join("demo");
+    let _ = std::fs::remove_dir_all(&demo_dir);
+    std::fs::create_dir_all(&demo_dir).map_err(|e| e.to_string())?;
+    let db = demo_dir.join("jobhost.db");
+    let host = |args: &[&str]| -> Result<String> {
+        let mut command = Command::new(&jobhost);
+        command.args(args).env("JOBHOST_DB", &db).env("JOBHOST_PLUGINS", &handlers);
+        eprintln!("\n$ jobhost {}", args.join(" "));
+        let output = command.output().map_err(|e| e.to_string())?;
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        print!("{stdout}");
+        eprint!("{}", String::from_utf8_lossy(&output.stderr));
+        Ok(stdout.trim().to_string())
+    };
+    let report = host(&["enqueue", "report", r#"{"csv": "city,sales,units\nOslo,120.5,3\nLima,80,2\nOslo,10,1\n", "progress_every": 1}"#])?;
+    host(&["enqueue", "fan-out", r#"{"job": "report", "payloads": [{"csv": "a\n1\n2"}, {"csv": "b\n3"}]}"#])?;
+    let flaky = host(&["enqueue", "flaky-api", r#"{"url": "https://api.example.invalid/orders", "fail_until_attempt": 2, "retry_after_ms": 0}"#])?;
+    let thumb = host(&["enqueue", "thumbnail", r#"{"image": "bm90IGFuIGltYWdl", "size": 32}"#])?;
+    eprintln!("\n# a payload that fails the schema is refused before it is enqueued (exit 2):");
+    host(&["enqueue", "report", r#"{"csv": 42}"#])?;
+    host(&["run", "--drain"])?;
+    host(&["jobs", "list"])?;
+    eprintln!("\n# retried once (attempt 1 got a 503), then done:");
+    host(&["jobs", "show", &flaky])?;
+    eprintln!("\n# dead-lettered: a permanent error");
+    host(&["jobs", "show", &thumb])?;
+    host(&["jobs", "show", &report])?;
+    host(&["dlq", "list"])?;
+    host(&["stats"])?;
     Ok(())
 }
 

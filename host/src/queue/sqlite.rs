@@ -107,7 +107,8 @@ pub struct JobRecord {
     pub lease_until: Option<i64>,
     /// Unique key.
     pub unique_key: Option<String>,
-    /// The last error message.
+    /// The last error message (kept on a job that later succeeded, to show why it was
+    /// retried).
     pub last_error: Option<String>,
     /// The last failure's reason.
     pub reason: Option<String>,
@@ -519,7 +520,7 @@ fn settle_one(
             let progress = progress.as_ref().map(|p| serde_json::to_string(p).unwrap_or_default());
             tx.prepare_cached(
                 "UPDATE jobs SET state = 'done', output = ?1, progress = ?2, finished_at = ?3, updated_at = ?3,
-                     lease_owner = NULL, lease_until = NULL, last_error = NULL, reason = NULL
+                     lease_owner = NULL, lease_until = NULL, reason = NULL
                  WHERE id = ?4 AND state = 'running' AND lease_owner = ?5",
             )?
             .execute(params![output, progress, now, id, owner])?
