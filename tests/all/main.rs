@@ -1,6 +1,7 @@
 //! jobhost's integration tests: one binary, a module per topic.
 
 mod cli;
+mod examples;
 mod loading;
 mod outcomes;
 mod process;

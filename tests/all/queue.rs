@@ -245,6 +245,29 @@ fn an_expired_lease_is_claimed_again_and_the_old_result_is_dropped() -> anyhow::
 }
 
 #[test]
+fn an_extended_lease_is_not_taken() -> anyhow::Result<()> {
+    let db = Db::new()?;
+    let worker = db.open()?;
+    let other = db.open()?;
+    worker.enqueue_now(&[NewJob::new("a", json!({}))])?;
+    let running = worker.claim(1, Duration::from_secs(10))?;
+    db.clock.advance(Duration::from_secs(8));
+    worker.extend_now(&running, Duration::from_secs(10))?;
+    db.clock.advance(Duration::from_secs(8));
+    assert!(
+        other.claim(1, LEASE)?.is_empty(),
+        "16 s in, the extended lease still holds"
+    );
+    db.clock.advance(Duration::from_secs(3));
+    assert_eq!(
+        other.claim(1, LEASE)?.len(),
+        1,
+        "once it lapses, another worker takes it"
+    );
+    Ok(())
+}
+
+#[test]
 fn unique_keys_return_the_existing_job() -> anyhow::Result<()> {
     let db = Db::new()?;
     let queue = db.open()?;

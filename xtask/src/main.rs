@@ -138,7 +138,10 @@ fn demo() -> Result {
     let db = demo_dir.join("jobhost.db");
     let host = |args: &[&str]| -> Result<String> {
         let mut command = Command::new(&jobhost);
-        command.args(args).env("JOBHOST_DB", &db).env("JOBHOST_PLUGINS", &handlers);
+        command
+            .args(args)
+            .env("JOBHOST_DB", &db)
+            .env("JOBHOST_PLUGINS", &handlers);
         eprintln!("\n$ jobhost {}", args.join(" "));
         let output = command.output().map_err(|e| e.to_string())?;
         let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
@@ -146,10 +149,26 @@ fn demo() -> Result {
         eprint!("{}", String::from_utf8_lossy(&output.stderr));
         Ok(stdout.trim().to_string())
     };
-    let report = host(&["enqueue", "report", r#"{"csv": "city,sales,units\nOslo,120.5,3\nLima,80,2\nOslo,10,1\n", "progress_every": 1}"#])?;
-    host(&["enqueue", "fan-out", r#"{"job": "report", "payloads": [{"csv": "a\n1\n2"}, {"csv": "b\n3"}]}"#])?;
-    let flaky = host(&["enqueue", "flaky-api", r#"{"url": "https://api.example.invalid/orders", "fail_until_attempt": 2, "retry_after_ms": 0}"#])?;
-    let thumb = host(&["enqueue", "thumbnail", r#"{"image": "bm90IGFuIGltYWdl", "size": 32}"#])?;
+    let report = host(&[
+        "enqueue",
+        "report",
+        r#"{"csv": "city,sales,units\nOslo,120.5,3\nLima,80,2\nOslo,10,1\n", "progress_every": 1}"#,
+    ])?;
+    host(&[
+        "enqueue",
+        "fan-out",
+        r#"{"job": "report", "payloads": [{"csv": "a\n1\n2"}, {"csv": "b\n3"}]}"#,
+    ])?;
+    let flaky = host(&[
+        "enqueue",
+        "flaky-api",
+        r#"{"url": "https://api.example.invalid/orders", "fail_until_attempt": 2, "retry_after_ms": 0}"#,
+    ])?;
+    let thumb = host(&[
+        "enqueue",
+        "thumbnail",
+        r#"{"image": "bm90IGFuIGltYWdl", "size": 32}"#,
+    ])?;
     eprintln!("\n# a payload that fails the schema is refused before it is enqueued (exit 2):");
     host(&["enqueue", "report", r#"{"csv": 42}"#])?;
     host(&["run", "--drain"])?;

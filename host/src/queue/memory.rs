@@ -157,6 +157,20 @@ impl Queue for MemoryQueue {
         Ok(jobs.into_iter().map(|job| self.insert(job)).collect())
     }
 
+    async fn extend(&self, deliveries: Vec<Delivered>, lease: Duration) -> Result<(), QueueError> {
+        let until = SystemTime::now() + lease;
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        for delivered in deliveries {
+            if let Some(entry) = entries
+                .get_mut(&delivered.id)
+                .filter(|e| e.state == "running")
+            {
+                entry.leased_until = Some(until);
+            }
+        }
+        Ok(())
+    }
+
     async fn is_idle(&self) -> Result<bool, QueueError> {
         let now = SystemTime::now();
         let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());

@@ -209,16 +209,14 @@ pub trait Queue: Send + Sync + 'static {
         jobs: Vec<NewJob>,
     ) -> impl Future<Output = Result<Vec<Enqueued>, QueueError>> + Send;
 
-    /// Whether nothing is due now and nothing is running (`run --drain` exits then).
-    fn is_idle(&self) -> impl Future<Output = Result<bool, QueueError>> + Send;
-}
-
-/// Optional ability: extend the lease of running deliveries.
-pub trait ExtendLease: Queue {
-    /// Extends each delivery's lease to `lease` from now.
+    /// Extends the leases of running deliveries to `lease` from now (a job that runs
+    /// longer than its lease keeps it). Deliveries whose lease was already lost are skipped.
     fn extend(
         &self,
-        deliveries: &[Delivered],
+        deliveries: Vec<Delivered>,
         lease: Duration,
     ) -> impl Future<Output = Result<(), QueueError>> + Send;
+
+    /// Whether nothing is due now and nothing is running (`run --drain` exits then).
+    fn is_idle(&self) -> impl Future<Output = Result<bool, QueueError>> + Send;
 }

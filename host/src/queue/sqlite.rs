@@ -330,6 +330,24 @@ impl SqliteQueue {
         Ok(())
     }
 
+    /// Extends the leases this worker holds on `deliveries` to `lease` from now.
+    pub fn extend_now(&self, deliveries: &[Delivered], lease: Duration) -> Result<(), QueueError> {
+        let now = self.clock.now_ms();
+        let until = now.saturating_add(i64::try_from(lease.as_millis()).unwrap_or(i64::MAX));
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        {
+            let mut statement = tx.prepare_cached(
+                "UPDATE jobs SET lease_until = ?1, updated_at = ?2 WHERE id = ?3 AND state = 'running' AND lease_owner = ?4",
+            )?;
+            for delivery in deliveries {
+                statement.execute(params![until, now, delivery.id, self.owner])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
     /// Whether nothing is due and nothing is running.
     pub fn idle_now(&self) -> Result<bool, QueueError> {
         let now = self.clock.now_ms();
@@ -643,6 +661,11 @@ impl Queue for SqliteQueue {
     async fn enqueue(&self, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>, QueueError> {
         let queue = self.clone();
         blocking(move || queue.enqueue_now(&jobs)).await
+    }
+
+    async fn extend(&self, deliveries: Vec<Delivered>, lease: Duration) -> Result<(), QueueError> {
+        let queue = self.clone();
+        blocking(move || queue.extend_now(&deliveries, lease)).await
     }
 
     async fn is_idle(&self) -> Result<bool, QueueError> {

@@ -1,0 +1,141 @@
+//! The example handlers, built by `cargo xtask examples`, doing their real work.
+
+use std::path::PathBuf;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use jobhost::{Dispatcher, HostConfig, Outcome, Reason};
+use jobhost_tests::{run_job, shared_cache_dir};
+use serde_json::{Value, json};
+
+fn examples() -> anyhow::Result<Dispatcher> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/handlers");
+    anyhow::ensure!(
+        dir.join("report.wasm").is_file(),
+        "examples are not built: run `cargo xtask examples`"
+    );
+    let mut config = HostConfig::new(dir);
+    config.cache_dir = Some(shared_cache_dir());
+    config.strict = true;
+    config.engine.pool_instances = 16;
+    Ok(config.start()?)
+}
+
+fn output(outcome: &Outcome) -> anyhow::Result<Value> {
+    match outcome {
+        Outcome::Done { output: Some(text) } => Ok(serde_json::from_str(text)?),
+        other => anyhow::bail!("expected done with output, got {other:?}"),
+    }
+}
+
+fn png(width: u32, height: u32) -> anyhow::Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    let mut encoder = png::Encoder::new(&mut bytes, width, height);
+    encoder.set_color(png::ColorType::Rgb);
+    let mut writer = encoder.write_header()?;
+    let pixels: Vec<u8> = (0..width * height)
+        .flat_map(|i| [(i % 256) as u8, (i / 7 % 256) as u8, 90])
+        .collect();
+    writer.write_image_data(&pixels)?;
+    writer.finish()?;
+    Ok(bytes)
+}
+
+#[test]
+fn thumbnail_shrinks_a_png_and_refuses_garbage() -> anyhow::Result<()> {
+    let dispatcher = examples()?;
+    let image = STANDARD.encode(png(64, 32)?);
+    let report = run_job(
+        &dispatcher,
+        "thumbnail",
+        json!({"image": image, "size": 16}),
+        1,
+    );
+    let out = output(&report.outcome)?;
+    assert_eq!(
+        (out["width"].as_u64(), out["height"].as_u64()),
+        (Some(16), Some(8))
+    );
+    let thumb = STANDARD.decode(out["png"].as_str().unwrap_or_default())?;
+    let decoder = png::Decoder::new(std::io::Cursor::new(thumb));
+    let info = decoder.read_info()?.info().clone();
+    assert_eq!((info.width, info.height), (16, 8));
+    let garbage = run_job(
+        &dispatcher,
+        "thumbnail",
+        json!({"image": "bm90IGFuIGltYWdl", "size": 16}),
+        1,
+    );
+    assert_eq!(garbage.outcome.reason(), Some(Reason::Permanent));
+    let too_big = run_job(
+        &dispatcher,
+        "thumbnail",
+        json!({"image": image, "size": 5000}),
+        1,
+    );
+    assert_eq!(too_big.outcome.reason(), Some(Reason::InvalidPayload));
+    Ok(())
+}
+
+#[test]
+fn report_summarizes_columns_with_progress() -> anyhow::Result<()> {
+    let dispatcher = examples()?;
+    let csv = "city,sales,units\nOslo,120.5,3\nLima,80,\nOslo,10,1\n";
+    let report = run_job(
+        &dispatcher,
+        "report",
+        json!({"csv": csv, "progress_every": 1}),
+        1,
+    );
+    let out = output(&report.outcome)?;
+    assert_eq!(out["rows"], 3);
+    assert_eq!(out["columns"]["sales"]["sum"], 210.5);
+    assert_eq!(out["columns"]["sales"]["min"], 10.0);
+    assert_eq!(out["columns"]["units"]["empty"], 1);
+    assert_eq!(out["columns"]["city"]["numeric"], 0);
+    assert_eq!(report.progress.len(), 4);
+    assert_eq!((report.progress[1].done, report.progress[1].total), (2, 3));
+    Ok(())
+}
+
+#[test]
+fn fan_out_enqueues_one_child_per_payload() -> anyhow::Result<()> {
+    let dispatcher = examples()?;
+    let payloads = json!([{"csv": "a\n1"}, {"csv": "b\n2"}, {"csv": "c\n3"}]);
+    let report = run_job(
+        &dispatcher,
+        "fan-out",
+        json!({"job": "report", "payloads": payloads, "unique": true}),
+        1,
+    );
+    let out = output(&report.outcome)?;
+    assert_eq!(report.enqueued.len(), 3);
+    let ids: Vec<&str> = report.enqueued.iter().map(|c| c.id.as_str()).collect();
+    assert_eq!(out["children"], json!(ids));
+    assert_eq!(report.enqueued[2].payload, json!({"csv": "c\n3"}));
+    assert_eq!(
+        report.enqueued[0].unique_key.as_deref(),
+        Some(format!("{}-0", report.job_id).as_str())
+    );
+    Ok(())
+}
+
+#[test]
+fn flaky_api_retries_with_its_hint_then_succeeds() -> anyhow::Result<()> {
+    let dispatcher = examples()?;
+    let call = json!({"url": "https://api.example.invalid", "fail_until_attempt": 3, "retry_after_ms": 1500});
+    let first = run_job(&dispatcher, "flaky-api", call.clone(), 1);
+    match first.outcome {
+        Outcome::Retry { reason, delay, .. } => {
+            assert_eq!((reason, delay.as_millis()), (Reason::Transient, 1500))
+        }
+        other => anyhow::bail!("expected a retry, got {other:?}"),
+    }
+    let third = run_job(&dispatcher, "flaky-api", call, 3);
+    assert_eq!(output(&third.outcome)?["attempt"], 3);
+    // Its manifest allows 4 attempts: the 4th failure is final.
+    let never = json!({"url": "https://api.example.invalid", "fail_until_attempt": 10});
+    let last = run_job(&dispatcher, "flaky-api", never, 4);
+    assert_eq!(last.outcome.kind(), "dead-letter");
+    Ok(())
+}
