@@ -190,6 +190,7 @@ impl Dispatcher {
             limits,
             timeout,
             self.options.max_body_bytes,
+            &plugin.grants,
         );
         let outcome = classify(&execution, &policy, attempt, limits.output_bytes);
         let Execution {

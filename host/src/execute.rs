@@ -11,7 +11,7 @@ use crate::bindings::{HandlerInfo, Job, JobError, JobPluginPre};
 use crate::capture::{Capture, Captured};
 use crate::engine::{EPOCH_TICK_MS, JobEngine};
 use crate::limits::Limits;
-use crate::state::JobState;
+use crate::state::{JobState, ResolvedGrants};
 
 /// What `handle` returned, or the trap that ended it.
 pub type CallResult = Result<Result<Option<String>, JobError>, wasmtime::Error>;
@@ -37,9 +37,11 @@ fn new_store(
     limits: &Limits,
     timeout: Duration,
     payload_cap: usize,
-) -> (Store<JobState>, Capture) {
+    grants: &ResolvedGrants,
+) -> wasmtime::Result<(Store<JobState>, Capture)> {
     let capture = Capture::new(limits, payload_cap);
-    let mut store = Store::new(engine.engine(), JobState::new(limits, capture.clone()));
+    let state = JobState::new(limits, capture.clone(), grants).map_err(wasmtime::Error::msg)?;
+    let mut store = Store::new(engine.engine(), state);
     store.limiter(|state| &mut state.limiter);
     if engine.meters_fuel() {
         // Only fails when fuel is not enabled, which `meters_fuel` rules out.
@@ -48,7 +50,7 @@ fn new_store(
     let millis = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
     // The current tick is partly over, so one more tick guarantees at least `timeout`.
     store.set_epoch_deadline(millis.div_ceil(EPOCH_TICK_MS) + 1);
-    (store, capture)
+    Ok((store, capture))
 }
 
 fn fuel_used(store: &Store<JobState>, limits: &Limits, engine: &JobEngine) -> u64 {
@@ -66,9 +68,22 @@ pub fn execute(
     limits: &Limits,
     timeout: Duration,
     payload_cap: usize,
+    grants: &ResolvedGrants,
 ) -> Execution {
     let started = Instant::now();
-    let (mut store, capture) = new_store(engine, limits, timeout, payload_cap);
+    let (mut store, capture) = match new_store(engine, limits, timeout, payload_cap, grants) {
+        Ok(parts) => parts,
+        Err(error) => {
+            return Execution {
+                result: Err(error),
+                memory_limit_hit: false,
+                fuel: 0,
+                duration: started.elapsed(),
+                peak_memory: 0,
+                captured: Captured::default(),
+            };
+        }
+    };
     let result = pre
         .instantiate(&mut store)
         .and_then(|plugin| plugin.jobhost_plugin_handler().call_handle(&mut store, job));
@@ -95,7 +110,8 @@ pub fn describe(
     limits: &Limits,
 ) -> Result<HandlerInfo, String> {
     let timeout = Duration::from_millis(limits.timeout_ms);
-    let (mut store, capture) = new_store(engine, limits, timeout, 0);
+    let (mut store, capture) = new_store(engine, limits, timeout, 0, &ResolvedGrants::default())
+        .map_err(|e| root_cause(&e))?;
     let info = pre
         .instantiate(&mut store)
         .and_then(|plugin| plugin.jobhost_plugin_handler().call_describe(&mut store));

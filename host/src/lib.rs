@@ -41,4 +41,4 @@ pub use outcome::{EnqueuedJob, LogLevel, LogLine, Outcome, Progress, Reason, Rep
 pub use plugin::{LoadError, Loader, Plugin, PluginSet, SchemaSource};
 pub use retry::RetryPolicy;
 pub use schema::PayloadSchema;
-pub use state::JobState;
+pub use state::{JobState, ResolvedGrants};

@@ -32,6 +32,34 @@ pub struct Manifest {
     pub concurrency: Option<u32>,
     /// Periodic jobs: `[[schedule]]` entries.
     pub schedule: Vec<Schedule>,
+    /// What the handler may reach beyond its own memory: nothing unless granted here.
+    pub grants: Grants,
+}
+
+/// Capabilities granted to a handler. Without a `[grants]` table a handler sees no files
+/// and no environment variables.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default, rename_all = "kebab-case")]
+pub struct Grants {
+    /// Names of host environment variables the handler may read (values are taken when
+    /// the handler loads). Every other variable is invisible.
+    pub env: Vec<String>,
+    /// Directories preopened for the handler; paths outside them, `..` escapes and
+    /// symlinks leading out are refused.
+    pub dirs: Vec<DirGrant>,
+}
+
+/// One preopened directory.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct DirGrant {
+    /// The directory on the host; a relative path is relative to the plugins folder.
+    pub host: std::path::PathBuf,
+    /// Where the handler sees it, e.g. `/in`.
+    pub guest: String,
+    /// Whether the handler may create, write and delete files in it.
+    #[serde(default)]
+    pub writable: bool,
 }
 
 /// A periodic job: enqueued once per tick of a cron expression.
@@ -123,6 +151,20 @@ impl Manifest {
         }
         for schedule in &self.schedule {
             schedule.cron()?;
+        }
+        if let Some(bad) = self
+            .grants
+            .env
+            .iter()
+            .find(|n| n.is_empty() || n.contains('='))
+        {
+            return Err(format!("grants.env: {bad:?} is not a variable name"));
+        }
+        if let Some(bad) = self.grants.dirs.iter().find(|d| !d.guest.starts_with('/')) {
+            return Err(format!(
+                "grants.dirs: guest path {:?} must be absolute, e.g. \"/in\"",
+                bad.guest
+            ));
         }
         if !(self.retry.backoff_factor.is_finite() && self.retry.backoff_factor >= 1.0) {
             return Err("retry.backoff-factor must be a number >= 1".into());

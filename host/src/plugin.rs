@@ -16,7 +16,7 @@ use crate::engine::JobEngine;
 use crate::execute::{describe, error_chain};
 use crate::manifest::Manifest;
 use crate::schema::PayloadSchema;
-use crate::state::JobState;
+use crate::state::{JobState, ResolvedGrants};
 
 /// The longest job name a handler may claim.
 const MAX_NAME_BYTES: usize = 256;
@@ -50,6 +50,8 @@ pub struct Plugin {
     pub imports: Vec<String>,
     /// Whether the compiled form came from the cache.
     pub artifact: ArtifactSource,
+    /// The manifest's grants, resolved at load.
+    pub grants: ResolvedGrants,
     pub(crate) pre: JobPluginPre<JobState>,
 }
 
@@ -217,6 +219,8 @@ impl Loader {
             describe(&self.engine, &pre, &manifest.limits).map_err(|m| LoadError::new(path, m))?;
         let names = check_names(info.names).map_err(|m| LoadError::new(path, m))?;
         let (schema, schema_source) = load_schema(path, info.schema.as_deref())?;
+        let grants =
+            resolve_grants(&manifest, path).map_err(|m| LoadError::new(&manifest_path, m))?;
         tracing::debug!(path = %path.display(), names = ?names, cached = artifact == ArtifactSource::Cached, "handler loaded");
         Ok(Plugin {
             path: path.to_path_buf(),
@@ -227,6 +231,7 @@ impl Loader {
             manifest,
             imports,
             artifact,
+            grants,
             pre,
         })
     }
@@ -239,6 +244,39 @@ impl Loader {
         };
         compiled.map_err(|e| format!("not a valid component: {}", error_chain(&e)))
     }
+}
+
+/// Reads the granted environment variables and checks the granted directories. This is
+/// the one place the host's environment reaches a handler, and only by name.
+fn resolve_grants(manifest: &Manifest, component: &Path) -> Result<ResolvedGrants, String> {
+    let base = component.parent().unwrap_or(Path::new("."));
+    let env = manifest
+        .grants
+        .env
+        .iter()
+        .filter_map(|name| match std::env::var(name) {
+            Ok(value) => Some((name.clone(), value)),
+            Err(_) => {
+                tracing::warn!(variable = %name, handler = %component.display(), "granted environment variable is not set");
+                None
+            }
+        })
+        .collect();
+    let mut dirs = Vec::new();
+    for grant in &manifest.grants.dirs {
+        let host = base.join(&grant.host);
+        let host = host
+            .canonicalize()
+            .map_err(|e| format!("granted directory {} is not usable: {e}", host.display()))?;
+        if !host.is_dir() {
+            return Err(format!(
+                "granted directory {} is not a directory",
+                host.display()
+            ));
+        }
+        dirs.push((host, grant.guest.clone(), grant.writable));
+    }
+    Ok(ResolvedGrants { env, dirs })
 }
 
 fn wasm_files(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {

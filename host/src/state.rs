@@ -1,8 +1,10 @@
 //! The data of one job's `Store`: its WASI context (deny-by-default), its limiter and its
 //! capture. A new one is built for every job, so nothing leaks between jobs.
 
+use std::path::PathBuf;
+
 use wasmtime::component::ResourceTable;
-use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
 
 use crate::capture::Capture;
 use crate::limits::{Limits, MemoryLimiter};
@@ -15,20 +17,42 @@ pub struct JobState {
     pub(crate) capture: Capture,
 }
 
+/// A handler's grants, resolved when it loads: environment values read, directories
+/// checked.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ResolvedGrants {
+    /// `(name, value)` pairs the handler sees.
+    pub env: Vec<(String, String)>,
+    /// `(host dir, guest path, writable)`.
+    pub dirs: Vec<(PathBuf, String, bool)>,
+}
+
 impl JobState {
-    /// State for one job. WASI grants nothing: no preopened directories, no environment,
-    /// no network, an empty stdin; stdout and stderr go to the job's log.
-    pub fn new(limits: &Limits, capture: Capture) -> Self {
-        let wasi = WasiCtx::builder()
-            .stdout(capture.stream(0))
-            .stderr(capture.stream(1))
-            .build();
-        Self {
-            wasi,
+    /// State for one job. WASI grants nothing but what `grants` lists: no other
+    /// directories, no other environment, no network, an empty stdin; stdout and stderr
+    /// go to the job's log. Fails when a granted directory cannot be opened any more.
+    pub fn new(limits: &Limits, capture: Capture, grants: &ResolvedGrants) -> Result<Self, String> {
+        let mut builder = WasiCtx::builder();
+        builder.stdout(capture.stream(0)).stderr(capture.stream(1));
+        for (name, value) in &grants.env {
+            builder.env(name, value);
+        }
+        for (host, guest, writable) in &grants.dirs {
+            let perms = if *writable {
+                FsPerms::ReadWrite
+            } else {
+                FsPerms::ReadOnly
+            };
+            builder.preopened_dir(host, guest, perms).map_err(|e| {
+                format!("cannot open the granted directory {}: {e}", host.display())
+            })?;
+        }
+        Ok(Self {
+            wasi: builder.build(),
             table: ResourceTable::new(),
             limiter: MemoryLimiter::new(limits),
             capture,
-        }
+        })
     }
 }
 

@@ -2,7 +2,26 @@
 
 mod cli;
 mod examples;
+mod hostile;
 mod loading;
 mod outcomes;
+mod poison;
 mod process;
 mod queue;
+
+/// Every fixture guest must have a test of its own name in one of these modules, or this
+/// does not build.
+mod fixture_tests {
+    #[allow(unused_imports, reason = "only the names are checked")]
+    pub(crate) use crate::hostile::*;
+    #[allow(unused_imports, reason = "only the names are checked")]
+    pub(crate) use crate::outcomes::*;
+}
+
+macro_rules! assert_test_exists {
+    ($name:ident) => {
+        #[allow(unused_imports, reason = "only checks that the test exists")]
+        use crate::fixture_tests::$name as _;
+    };
+}
+jobhost_tests::foreach_fixture!(assert_test_exists);

@@ -4,15 +4,6 @@ use jobhost::{Outcome, Reason};
 use jobhost_tests::{Handlers, fixtures, run_job};
 use serde_json::{Value, json};
 
-/// Every fixture guest must have a test of its own name here, or this does not build.
-macro_rules! assert_test_exists {
-    ($name:ident) => {
-        #[allow(unused_imports, reason = "only checks that the test exists")]
-        use self::$name as _;
-    };
-}
-jobhost_tests::foreach_fixture!(assert_test_exists);
-
 fn output_json(outcome: &Outcome) -> anyhow::Result<Value> {
     match outcome {
         Outcome::Done { output: Some(text) } => Ok(serde_json::from_str(text)?),
@@ -21,7 +12,7 @@ fn output_json(outcome: &Outcome) -> anyhow::Result<Value> {
 }
 
 #[test]
-fn echo() -> anyhow::Result<()> {
+pub(crate) fn echo() -> anyhow::Result<()> {
     let handlers = Handlers::new()?;
     handlers.add(fixtures::ECHO, "echo")?;
     let dispatcher = handlers.dispatcher()?;
@@ -51,7 +42,7 @@ fn echo() -> anyhow::Result<()> {
 }
 
 #[test]
-fn noop() -> anyhow::Result<()> {
+pub(crate) fn noop() -> anyhow::Result<()> {
     let handlers = Handlers::new()?;
     handlers.add(fixtures::NOOP, "noop")?;
     let dispatcher = handlers.dispatcher()?;
@@ -61,7 +52,7 @@ fn noop() -> anyhow::Result<()> {
 }
 
 #[test]
-fn permanent() -> anyhow::Result<()> {
+pub(crate) fn permanent() -> anyhow::Result<()> {
     let handlers = Handlers::new()?;
     handlers.add(fixtures::PERMANENT, "permanent")?;
     let report = run_job(&handlers.dispatcher()?, "permanent", json!({}), 1);
@@ -76,7 +67,7 @@ fn permanent() -> anyhow::Result<()> {
 }
 
 #[test]
-fn transient() -> anyhow::Result<()> {
+pub(crate) fn transient() -> anyhow::Result<()> {
     let handlers = Handlers::new()?;
     handlers.add(fixtures::TRANSIENT, "transient")?;
     handlers.sidecar(
@@ -120,7 +111,7 @@ fn transient() -> anyhow::Result<()> {
 }
 
 #[test]
-fn spin() -> anyhow::Result<()> {
+pub(crate) fn spin() -> anyhow::Result<()> {
     let handlers = Handlers::new()?;
     handlers.add(fixtures::SPIN, "spin")?;
     handlers.sidecar("spin", "toml", "[limits]\nfuel = 50_000_000\n")?;
@@ -146,7 +137,7 @@ fn spin() -> anyhow::Result<()> {
 }
 
 #[test]
-fn memory_bomb() -> anyhow::Result<()> {
+pub(crate) fn memory_bomb() -> anyhow::Result<()> {
     let handlers = Handlers::new()?;
     handlers.add(fixtures::MEMORY_BOMB, "memory-bomb")?;
     handlers.sidecar("memory-bomb", "toml", "[limits]\nmemory-mib = 32\n")?;
@@ -159,7 +150,7 @@ fn memory_bomb() -> anyhow::Result<()> {
 }
 
 #[test]
-fn panics() -> anyhow::Result<()> {
+pub(crate) fn panics() -> anyhow::Result<()> {
     let handlers = Handlers::new()?;
     handlers.add(fixtures::PANICS, "panics")?;
     let report = run_job(&handlers.dispatcher()?, "panics", json!({}), 1);
@@ -183,7 +174,7 @@ fn panics() -> anyhow::Result<()> {
 }
 
 #[test]
-fn stack_overflow() -> anyhow::Result<()> {
+pub(crate) fn stack_overflow() -> anyhow::Result<()> {
     let handlers = Handlers::new()?;
     handlers.add(fixtures::STACK_OVERFLOW, "stack-overflow")?;
     let report = run_job(&handlers.dispatcher()?, "stack-overflow", json!({}), 1);
@@ -200,7 +191,7 @@ fn stack_overflow() -> anyhow::Result<()> {
 }
 
 #[test]
-fn huge_output() -> anyhow::Result<()> {
+pub(crate) fn huge_output() -> anyhow::Result<()> {
     let handlers = Handlers::new()?;
     handlers.add(fixtures::HUGE_OUTPUT, "huge-output")?;
     handlers.sidecar("huge-output", "toml", "[limits]\noutput-bytes = 1000\n")?;
@@ -214,7 +205,7 @@ fn huge_output() -> anyhow::Result<()> {
 }
 
 #[test]
-fn log_flood() -> anyhow::Result<()> {
+pub(crate) fn log_flood() -> anyhow::Result<()> {
     let handlers = Handlers::new()?;
     handlers.add(fixtures::LOG_FLOOD, "log-flood")?;
     handlers.sidecar("log-flood", "toml", "[limits]\nlog-bytes = 10_000\n")?;
@@ -238,7 +229,7 @@ fn log_flood() -> anyhow::Result<()> {
 }
 
 #[test]
-fn cpu() -> anyhow::Result<()> {
+pub(crate) fn cpu() -> anyhow::Result<()> {
     let handlers = Handlers::new()?;
     handlers.add(fixtures::CPU, "cpu")?;
     let dispatcher = handlers.dispatcher()?;
@@ -308,7 +299,7 @@ fn rejected_messages_never_reach_a_handler() -> anyhow::Result<()> {
 }
 
 #[test]
-fn busy() -> anyhow::Result<()> {
+pub(crate) fn busy() -> anyhow::Result<()> {
     let handlers = Handlers::new()?;
     handlers.add(fixtures::BUSY, "busy")?;
     let report = run_job(

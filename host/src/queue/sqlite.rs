@@ -89,7 +89,8 @@ pub struct JobRecord {
     pub name: String,
     /// Payload.
     pub payload: Value,
-    /// The raw body, kept for messages that could not be parsed.
+    /// The raw body of a job enqueued as a message body (lossy UTF-8), kept when it is
+    /// dead-lettered.
     pub body: Option<String>,
     /// `queued`, `running`, `done`, `dead` or `cancelled`.
     pub state: String,
@@ -218,6 +219,29 @@ impl SqliteQueue {
         Ok(results)
     }
 
+    /// Enqueues raw message bodies, as a queue would deliver them: each is parsed (and
+    /// dead-lettered if it is not a valid envelope) only when it runs. The body is stored
+    /// as bytes, so even invalid UTF-8 is kept as it came.
+    pub fn enqueue_raw(&self, bodies: &[Vec<u8>]) -> Result<Vec<Enqueued>, QueueError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        let now = self.clock.now_ms();
+        let mut ids = Vec::with_capacity(bodies.len());
+        {
+            let mut statement = tx.prepare_cached(
+                "INSERT INTO jobs (id, name, payload, body, state, priority, run_at, created_at, updated_at)
+                 VALUES (?1, ?2, 'null', ?3, 'queued', 0, ?4, ?4, ?4)",
+            )?;
+            for body in bodies {
+                let id = uuid::Uuid::now_v7().to_string();
+                statement.execute(params![id, name_hint(body), body, now])?;
+                ids.push(Enqueued::Created(id));
+            }
+        }
+        tx.commit()?;
+        Ok(ids)
+    }
+
     /// Enqueues a job once per `tick_key`, across restarts: the key is recorded in the
     /// same transaction. Returns `None` when the tick was already enqueued.
     pub fn enqueue_tick(
@@ -272,7 +296,7 @@ impl SqliteQueue {
                 row.get::<_, i64>(3)?,
                 row.get::<_, Option<i64>>(4)?,
                 row.get::<_, i64>(5)?,
-                row.get::<_, Option<String>>(6)?,
+                row.get::<_, Option<Vec<u8>>>(6)?,
             ))
         })?;
         let mut delivered = Vec::new();
@@ -510,6 +534,19 @@ fn insert_job(tx: &Transaction<'_>, job: &NewJob, now: i64) -> Result<Enqueued, 
     Ok(Enqueued::Created(id))
 }
 
+/// The job name of a raw body, for listings, when it has one; parsing proper happens at
+/// dispatch.
+fn name_hint(body: &[u8]) -> String {
+    #[derive(serde::Deserialize)]
+    struct Named {
+        #[serde(alias = "type", alias = "jobName")]
+        job: String,
+    }
+    serde_json::from_slice::<Named>(body)
+        .map(|n| n.job)
+        .unwrap_or_default()
+}
+
 fn reclaim_expired(tx: &Transaction<'_>, now: i64) -> Result<(), QueueError> {
     let reclaimed = tx.prepare_cached(
         "UPDATE jobs SET state = 'queued', lease_owner = NULL, lease_until = NULL, updated_at = ?1,
@@ -578,11 +615,11 @@ fn to_delivered(
     attempts: i64,
     max_attempts: Option<i64>,
     created_at: i64,
-    body: Option<String>,
+    body: Option<Vec<u8>>,
 ) -> Delivered {
     let attempt = u32::try_from(attempts.max(1)).unwrap_or(u32::MAX);
     let message = match (body, serde_json::from_str::<Value>(payload)) {
-        (Some(raw), _) => Message::Raw(raw.into_bytes()),
+        (Some(raw), _) => Message::Raw(raw),
         (None, Ok(payload)) => Message::Envelope(Envelope {
             id: Some(id.clone()),
             job: name,
@@ -612,7 +649,9 @@ fn to_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<JobRecord> {
         id: row.get(0)?,
         name: row.get(1)?,
         payload: serde_json::from_str(&payload).unwrap_or(Value::String(payload)),
-        body: row.get(3)?,
+        body: row
+            .get::<_, Option<Vec<u8>>>(3)?
+            .map(|b| String::from_utf8_lossy(&b).into_owned()),
         state: row.get(4)?,
         priority: row.get(5)?,
         run_at: row.get(6)?,

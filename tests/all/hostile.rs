@@ -1,0 +1,270 @@
+//! Hostile guests: each is run beside well-behaved jobs, ends with the expected outcome,
+//! and leaves the host serving with its memory bounded.
+
+use std::path::Path;
+
+use jobhost::{Outcome, Reason};
+use jobhost_tests::{Handlers, fixtures, run_job};
+use serde_json::{Value, json};
+
+fn answers(outcome: &Outcome) -> anyhow::Result<Vec<(bool, String)>> {
+    let Outcome::Done { output: Some(text) } = outcome else {
+        anyhow::bail!("expected done, got {outcome:?}")
+    };
+    let answers: Vec<Value> = serde_json::from_str(text)?;
+    Ok(answers
+        .iter()
+        .map(|a| {
+            (
+                a["ok"].as_bool().unwrap_or(false),
+                a["value"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect())
+}
+
+#[test]
+pub(crate) fn sandbox_probe() -> anyhow::Result<()> {
+    // Nothing granted: no host files, no environment, not even a root to list.
+    let handlers = Handlers::new()?;
+    handlers.add(fixtures::SANDBOX_PROBE, "sandbox-probe")?;
+    let probes = json!([{"read": "/etc/passwd"}, {"list": "/"}, {"env": "HOME"}, {"env": "PATH"}, {"write": "/tmp/x"}]);
+    let report = run_job(&handlers.dispatcher()?, "sandbox-probe", probes, 1);
+    let results = answers(&report.outcome)?;
+    assert!(results.iter().all(|(ok, _)| !ok), "{results:?}");
+    assert!(!Path::new("/tmp/x").exists() || std::fs::read("/tmp/x")? != b"written by the guest");
+    Ok(())
+}
+
+#[test]
+fn grants_open_exactly_what_they_name() -> anyhow::Result<()> {
+    let area = tempfile::tempdir()?;
+    let inbox = area.path().join("in");
+    let outbox = area.path().join("out");
+    std::fs::create_dir_all(&inbox)?;
+    std::fs::create_dir_all(&outbox)?;
+    std::fs::write(inbox.join("a.txt"), "hello from the host")?;
+    std::fs::write(area.path().join("secret.txt"), "not for guests")?;
+    std::os::unix::fs::symlink(area.path().join("secret.txt"), inbox.join("link.txt"))?;
+    let handlers = Handlers::new()?;
+    handlers.add(fixtures::SANDBOX_PROBE, "sandbox-probe")?;
+    let manifest = format!(
+        "[grants]\nenv = [\"CARGO_PKG_NAME\"]\n[[grants.dirs]]\nhost = {:?}\nguest = \"/in\"\n[[grants.dirs]]\nhost = {:?}\nguest = \"/out\"\nwritable = true\n",
+        inbox.display().to_string(),
+        outbox.display().to_string()
+    );
+    handlers.sidecar("sandbox-probe", "toml", &manifest)?;
+    let probes = json!([
+        {"read": "/in/a.txt"},
+        {"read": "/in/../secret.txt"},
+        {"read": "/in/link.txt"},
+        {"write": "/in/new.txt"},
+        {"write": "/out/new.txt"},
+        {"env": "CARGO_PKG_NAME"},
+        {"env": "HOME"},
+        {"read": "/etc/passwd"}
+    ]);
+    let report = run_job(&handlers.dispatcher()?, "sandbox-probe", probes, 1);
+    let results = answers(&report.outcome)?;
+    let oks: Vec<bool> = results.iter().map(|(ok, _)| *ok).collect();
+    assert_eq!(
+        oks,
+        [true, false, false, false, true, true, false, false],
+        "{results:?}"
+    );
+    assert_eq!(results[0].1, "hello from the host");
+    assert_eq!(results[5].1, env!("CARGO_PKG_NAME"));
+    assert_eq!(
+        std::fs::read_to_string(outbox.join("new.txt"))?,
+        "written by the guest"
+    );
+    assert!(
+        !inbox.join("new.txt").exists(),
+        "a read-only grant is read-only"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_grant_of_a_missing_directory_fails_that_handler_only() -> anyhow::Result<()> {
+    let handlers = Handlers::new()?;
+    handlers.add(fixtures::SANDBOX_PROBE, "sandbox-probe")?;
+    handlers.add(fixtures::NOOP, "noop")?;
+    handlers.sidecar(
+        "sandbox-probe",
+        "toml",
+        "[[grants.dirs]]\nhost = \"does/not/exist\"\nguest = \"/in\"\n",
+    )?;
+    let dispatcher = handlers.dispatcher()?;
+    let errors: Vec<String> = dispatcher
+        .plugins()
+        .errors()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert!(
+        errors.len() == 1
+            && errors[0].contains("sandbox-probe.toml")
+            && errors[0].contains("does/not/exist"),
+        "{errors:?}"
+    );
+    assert!(run_job(&dispatcher, "noop", json!({}), 1).outcome.is_done());
+    Ok(())
+}
+
+#[test]
+pub(crate) fn host_flood() -> anyhow::Result<()> {
+    let handlers = Handlers::new()?;
+    handlers.add(fixtures::HOST_FLOOD, "host-flood")?;
+    handlers.sidecar("host-flood", "toml", "[limits]\nenqueue-count = 50\n")?;
+    let report = run_job(&handlers.dispatcher()?, "host-flood", json!({}), 1);
+    let Outcome::Done { output: Some(text) } = &report.outcome else {
+        anyhow::bail!("{:?}", report.outcome)
+    };
+    let tally: Value = serde_json::from_str(text)?;
+    assert_eq!(tally["accepted"], 50, "{tally}");
+    assert_eq!(tally["refused"], 10_003 - 50, "{tally}");
+    assert!(
+        tally["first_refusal"]
+            .as_str()
+            .is_some_and(|m| m.contains("job name")),
+        "{tally}"
+    );
+    assert_eq!(report.enqueued.len(), 50);
+    let kept: usize = report.logs.iter().map(|l| l.message.len()).sum();
+    assert!(
+        kept <= 8 * 1024,
+        "a 16 MiB log line is cut to the line cap: {kept}"
+    );
+    assert!(
+        report.progress[0]
+            .message
+            .as_ref()
+            .is_some_and(|m| m.len() <= 8 * 1024)
+    );
+    Ok(())
+}
+
+#[test]
+pub(crate) fn describe_panics() -> anyhow::Result<()> {
+    let handlers = Handlers::new()?;
+    handlers.add(fixtures::DESCRIBE_PANICS, "describe-panics")?;
+    handlers.add(fixtures::NOOP, "noop")?;
+    let dispatcher = handlers.dispatcher()?;
+    let errors: Vec<String> = dispatcher
+        .plugins()
+        .errors()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(
+        errors[0].contains("describe-panics.wasm") && errors[0].contains("describe() failed"),
+        "{errors:?}"
+    );
+    assert!(run_job(&dispatcher, "noop", json!({}), 1).outcome.is_done());
+    Ok(())
+}
+
+#[test]
+pub(crate) fn not_a_handler() -> anyhow::Result<()> {
+    let handlers = Handlers::new()?;
+    handlers.add(fixtures::NOT_A_HANDLER, "command")?;
+    handlers.add(fixtures::NOOP, "noop")?;
+    let dispatcher = handlers.dispatcher()?;
+    let errors: Vec<String> = dispatcher
+        .plugins()
+        .errors()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert!(
+        errors.len() == 1
+            && errors[0].contains("command.wasm")
+            && errors[0].contains("job-plugin world"),
+        "{errors:?}"
+    );
+    assert!(run_job(&dispatcher, "noop", json!({}), 1).outcome.is_done());
+    Ok(())
+}
+
+fn rss_kib() -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .ok_or_else(|| anyhow::anyhow!("no VmRSS"))?;
+    Ok(line.split_whitespace().nth(1).unwrap_or("0").parse()?)
+}
+
+#[test]
+fn hundreds_of_hostile_jobs_beside_good_ones_keep_memory_bounded() -> anyhow::Result<()> {
+    let handlers = Handlers::new()?;
+    for (fixture, name) in [
+        (fixtures::SPIN, "spin"),
+        (fixtures::MEMORY_BOMB, "memory-bomb"),
+        (fixtures::PANICS, "panics"),
+        (fixtures::STACK_OVERFLOW, "stack-overflow"),
+        (fixtures::HUGE_OUTPUT, "huge-output"),
+        (fixtures::LOG_FLOOD, "log-flood"),
+        (fixtures::HOST_FLOOD, "host-flood"),
+        (fixtures::ECHO, "echo"),
+    ] {
+        handlers.add(fixture, name)?;
+    }
+    handlers.sidecar("spin", "toml", "[limits]\nfuel = 20_000_000\n")?;
+    handlers.sidecar("memory-bomb", "toml", "[limits]\nmemory-mib = 24\n")?;
+    handlers.sidecar("huge-output", "toml", "[limits]\noutput-bytes = 1000\n")?;
+    let dispatcher = handlers.dispatcher()?;
+    let hostile = [
+        ("spin", json!({}), Reason::FuelExhausted),
+        ("memory-bomb", json!({}), Reason::MemoryLimit),
+        ("panics", json!({}), Reason::Trap),
+        ("stack-overflow", json!({}), Reason::Trap),
+        (
+            "huge-output",
+            json!({"bytes": 4000}),
+            Reason::OutputTooLarge,
+        ),
+    ];
+    let round = |rounds: usize| -> anyhow::Result<()> {
+        for i in 0..rounds {
+            for (name, payload, reason) in &hostile {
+                let report = run_job(&dispatcher, name, payload.clone(), 1);
+                assert_eq!(report.outcome.reason(), Some(*reason), "{name}");
+            }
+            assert!(
+                run_job(&dispatcher, "log-flood", json!({"lines": 200}), 1)
+                    .outcome
+                    .is_done()
+            );
+            assert!(
+                run_job(&dispatcher, "host-flood", json!({}), 1)
+                    .outcome
+                    .is_done()
+            );
+            let good = run_job(
+                &dispatcher,
+                "echo",
+                json!({"message": format!("good {i}")}),
+                1,
+            );
+            assert!(
+                good.outcome.is_done(),
+                "the well-behaved job is unaffected: {:?}",
+                good.outcome
+            );
+        }
+        Ok(())
+    };
+    round(10)?;
+    let before = rss_kib()?;
+    round(40)?;
+    let after = rss_kib()?;
+    // 280 hostile jobs later, the host holds no more than a few warm slots more.
+    assert!(
+        after < before + 64 * 1024,
+        "RSS grew from {before} KiB to {after} KiB"
+    );
+    Ok(())
+}
