@@ -103,3 +103,134 @@ pub fn run_job(dispatcher: &Dispatcher, name: &str, payload: Value, attempt: u32
     };
     dispatcher.dispatch(body.as_bytes(), &delivery)
 }
+
+/// A request the test HTTP server received.
+#[derive(Clone, Debug)]
+pub struct Received {
+    /// Method.
+    pub method: String,
+    /// Path.
+    pub path: String,
+    /// Headers, names lower-cased.
+    pub headers: Vec<(String, String)>,
+    /// Body.
+    pub body: Vec<u8>,
+}
+
+/// A real HTTP/1.1 server on 127.0.0.1 for guests to call. Paths: `/ok` 200 `hello`,
+/// `/big` 200 with 2 MiB, `/fail` 500 with a retry hint, `/missing` 404, `/slow` 200
+/// after 3 s. Every request is recorded. It stops when dropped.
+pub struct TestServer {
+    /// Its port.
+    pub port: u16,
+    received: std::sync::Arc<std::sync::Mutex<Vec<Received>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl TestServer {
+    /// Starts the server on a free loopback port.
+    pub fn start() -> anyhow::Result<Self> {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        listener.set_nonblocking(true)?;
+        let port = listener.local_addr()?.port();
+        let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (log, done) = (received.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                match listener.accept() {
+                    Ok((stream, _)) => {
+                        let log = log.clone();
+                        std::thread::spawn(move || serve_one(stream, &log));
+                    }
+                    Err(_) => std::thread::sleep(std::time::Duration::from_millis(5)),
+                }
+            }
+        });
+        Ok(Self {
+            port,
+            received,
+            stop,
+        })
+    }
+
+    /// The URL of `path` on this server.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// What it has received so far.
+    pub fn received(&self) -> Vec<Received> {
+        self.received.lock().map(|r| r.clone()).unwrap_or_default()
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+fn serve_one(stream: std::net::TcpStream, log: &std::sync::Mutex<Vec<Received>>) {
+    use std::io::{BufRead as _, Read as _, Write as _};
+    let _ = stream.set_nonblocking(false);
+    let mut reader = std::io::BufReader::new(match stream.try_clone() {
+        Ok(s) => s,
+        Err(_) => return,
+    });
+    let mut line = String::new();
+    if reader.read_line(&mut line).is_err() {
+        return;
+    }
+    let mut parts = line.split_whitespace();
+    let (method, path) = (
+        parts.next().unwrap_or("").to_string(),
+        parts.next().unwrap_or("").to_string(),
+    );
+    let mut headers = Vec::new();
+    loop {
+        let mut header = String::new();
+        if reader.read_line(&mut header).is_err() || header.trim().is_empty() {
+            break;
+        }
+        if let Some((k, v)) = header.split_once(':') {
+            headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
+        }
+    }
+    let length = headers
+        .iter()
+        .find(|(k, _)| k == "content-length")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0);
+    let mut body = vec![0; length];
+    let _ = reader.read_exact(&mut body);
+    if let Ok(mut log) = log.lock() {
+        log.push(Received {
+            method,
+            path: path.clone(),
+            headers,
+            body,
+        });
+    }
+    let (status, reply): (&str, Vec<u8>) = match path.as_str() {
+        "/ok" => ("200 OK", b"hello".to_vec()),
+        "/big" => ("200 OK", vec![b'b'; 2 << 20]),
+        "/fail" => (
+            "500 Internal Server Error",
+            br#"{"retry_after_ms": 1234}"#.to_vec(),
+        ),
+        "/missing" => ("404 Not Found", b"no".to_vec()),
+        "/slow" => {
+            std::thread::sleep(std::time::Duration::from_secs(3));
+            ("200 OK", b"late".to_vec())
+        }
+        _ => ("404 Not Found", Vec::new()),
+    };
+    let mut stream = stream;
+    let head = format!(
+        "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        reply.len()
+    );
+    let _ = stream.write_all(head.as_bytes());
+    let _ = stream.write_all(&reply);
+}

@@ -56,6 +56,8 @@ pub mod bindings {
 
 use bindings::jobhost::plugin::{host, types};
 
+pub mod http;
+
 /// One delivery of a job, with its payload already parsed into `P`.
 #[derive(Debug, Clone)]
 pub struct Job<P> {

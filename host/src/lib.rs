@@ -19,6 +19,7 @@ mod execute;
 pub mod http;
 pub mod limits;
 pub mod manifest;
+pub mod outbound_http;
 pub mod outcome;
 pub mod plugin;
 pub mod queue;

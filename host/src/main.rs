@@ -100,8 +100,11 @@ fn inspect(args: InspectArgs) -> anyhow::Result<ExitCode> {
         .schema
         .as_ref()
         .and_then(|s| serde_json::from_str(s.text()).ok());
+    let ungranted = ungranted_imports(&plugin);
     let report = serde_json::json!({
         "file": args.file,
+        "grants": plugin.manifest.grants,
+        "ungranted_imports": ungranted,
         "names": plugin.names,
         "version": plugin.version,
         "schema": schema,
@@ -123,11 +126,37 @@ fn inspect(args: InspectArgs) -> anyhow::Result<ExitCode> {
         );
         println!("imports:   {}", plugin.imports.join(", "));
         println!(
+            "grants:    {}",
+            serde_json::to_string(&plugin.manifest.grants).unwrap_or_default()
+        );
+        for import in &ungranted {
+            println!(
+                "warning:   imports {import}, which its manifest does not grant: calls to it will be refused"
+            );
+        }
+        println!(
             "precompiled artifact cached: {}",
             if cached { "yes" } else { "no" }
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Imports that reach a capability the manifest does not grant (calls to them fail).
+fn ungranted_imports(plugin: &jobhost::Plugin) -> Vec<String> {
+    let grants = &plugin.manifest.grants;
+    plugin
+        .imports
+        .iter()
+        .filter(|import| {
+            let refused_files = import.starts_with("wasi:filesystem/") && grants.dirs.is_empty();
+            let refused_http =
+                import.starts_with("wasi:http/outgoing-handler") && grants.http.is_none();
+            let refused_env = import.starts_with("wasi:cli/environment") && grants.env.is_empty();
+            refused_files || refused_http || refused_env || import.starts_with("wasi:sockets/")
+        })
+        .cloned()
+        .collect()
 }
 
 fn compile(args: CompileArgs) -> anyhow::Result<ExitCode> {

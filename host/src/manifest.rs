@@ -44,9 +44,14 @@ pub struct Grants {
     /// Names of host environment variables the handler may read (values are taken when
     /// the handler loads). Every other variable is invisible.
     pub env: Vec<String>,
+    /// A `KEY=VALUE` file (relative to the plugins folder) that supplies values for the
+    /// names in `env` before the host environment does: a place for secrets.
+    pub env_file: Option<std::path::PathBuf>,
     /// Directories preopened for the handler; paths outside them, `..` escapes and
     /// symlinks leading out are refused.
     pub dirs: Vec<DirGrant>,
+    /// Outbound HTTP to an allowlist of hosts.
+    pub http: Option<crate::outbound_http::HttpGrant>,
 }
 
 /// One preopened directory.
@@ -159,6 +164,9 @@ impl Manifest {
             .find(|n| n.is_empty() || n.contains('='))
         {
             return Err(format!("grants.env: {bad:?} is not a variable name"));
+        }
+        if let Some(http) = &self.grants.http {
+            http.validate()?;
         }
         if let Some(bad) = self.grants.dirs.iter().find(|d| !d.guest.starts_with('/')) {
             return Err(format!(

@@ -160,6 +160,9 @@ impl Loader {
     pub fn new(engine: Arc<JobEngine>, cache: Option<ArtifactCache>) -> anyhow::Result<Self> {
         let mut linker = Linker::new(engine.engine());
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(anyhow::Error::from)?;
+        // Linked for every handler; each request is refused unless its manifest grants it.
+        wasmtime_wasi_http::p2::add_only_http_to_linker_sync(&mut linker)
+            .map_err(anyhow::Error::from)?;
         JobPlugin::add_to_linker::<_, HasSelf<JobState>>(&mut linker, |state| state)
             .map_err(anyhow::Error::from)?;
         Ok(Self {
@@ -250,13 +253,24 @@ impl Loader {
 /// the one place the host's environment reaches a handler, and only by name.
 fn resolve_grants(manifest: &Manifest, component: &Path) -> Result<ResolvedGrants, String> {
     let base = component.parent().unwrap_or(Path::new("."));
+    let secrets = match &manifest.grants.env_file {
+        Some(file) => read_env_file(&base.join(file))?,
+        None => Vec::new(),
+    };
+    let lookup = |name: &str| {
+        secrets
+            .iter()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.clone())
+            .or_else(|| std::env::var(name).ok())
+    };
     let env = manifest
         .grants
         .env
         .iter()
-        .filter_map(|name| match std::env::var(name) {
-            Ok(value) => Some((name.clone(), value)),
-            Err(_) => {
+        .filter_map(|name| match lookup(name) {
+            Some(value) => Some((name.clone(), value)),
+            None => {
                 tracing::warn!(variable = %name, handler = %component.display(), "granted environment variable is not set");
                 None
             }
@@ -276,7 +290,24 @@ fn resolve_grants(manifest: &Manifest, component: &Path) -> Result<ResolvedGrant
         }
         dirs.push((host, grant.guest.clone(), grant.writable));
     }
-    Ok(ResolvedGrants { env, dirs })
+    Ok(ResolvedGrants {
+        env,
+        dirs,
+        http: manifest.grants.http.clone(),
+    })
+}
+
+/// `KEY=VALUE` lines; blank lines and `#` comments are skipped.
+fn read_env_file(path: &Path) -> Result<Vec<(String, String)>, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read the env file {}: {e}", path.display()))?;
+    Ok(text
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty() && !line.starts_with('#'))
+        .filter_map(|line| line.split_once('='))
+        .map(|(key, value)| (key.trim().to_string(), value.trim().to_string()))
+        .collect())
 }
 
 fn wasm_files(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {

@@ -5,6 +5,9 @@ use std::path::PathBuf;
 
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
+
+use crate::outbound_http::{HttpGrant, HttpPolicy};
 
 use crate::capture::Capture;
 use crate::limits::{Limits, MemoryLimiter};
@@ -12,6 +15,8 @@ use crate::limits::{Limits, MemoryLimiter};
 /// Per-job store data.
 pub struct JobState {
     wasi: WasiCtx,
+    http: WasiHttpCtx,
+    http_policy: HttpPolicy,
     table: ResourceTable,
     pub(crate) limiter: MemoryLimiter,
     pub(crate) capture: Capture,
@@ -25,6 +30,8 @@ pub struct ResolvedGrants {
     pub env: Vec<(String, String)>,
     /// `(host dir, guest path, writable)`.
     pub dirs: Vec<(PathBuf, String, bool)>,
+    /// Outbound HTTP.
+    pub http: Option<HttpGrant>,
 }
 
 impl JobState {
@@ -49,6 +56,8 @@ impl JobState {
         }
         Ok(Self {
             wasi: builder.build(),
+            http: WasiHttpCtx::new(),
+            http_policy: HttpPolicy::new(grants.http.clone()),
             table: ResourceTable::new(),
             limiter: MemoryLimiter::new(limits),
             capture,
@@ -61,6 +70,16 @@ impl WasiView for JobState {
         WasiCtxView {
             ctx: &mut self.wasi,
             table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for JobState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.http_policy,
         }
     }
 }

@@ -139,3 +139,58 @@ fn flaky_api_retries_with_its_hint_then_succeeds() -> anyhow::Result<()> {
     assert_eq!(last.outcome.kind(), "dead-letter");
     Ok(())
 }
+
+#[test]
+fn archive_packs_from_one_granted_folder_into_another() -> anyhow::Result<()> {
+    let area = tempfile::tempdir()?;
+    let handlers = jobhost_tests::Handlers::new()?;
+    let wasm = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/handlers/archive.wasm");
+    std::fs::copy(&wasm, handlers.file("archive", "wasm"))?;
+    let (inbox, outbox) = (area.path().join("in"), area.path().join("out"));
+    std::fs::create_dir_all(&inbox)?;
+    std::fs::create_dir_all(&outbox)?;
+    std::fs::write(inbox.join("a.txt"), "alpha")?;
+    std::fs::write(inbox.join("b.txt"), "bravo!")?;
+    std::fs::write(area.path().join("secret.txt"), "no")?;
+    let manifest = format!(
+        "[[grants.dirs]]\nhost = {:?}\nguest = \"/in\"\n[[grants.dirs]]\nhost = {:?}\nguest = \"/out\"\nwritable = true\n",
+        inbox.display().to_string(),
+        outbox.display().to_string()
+    );
+    handlers.sidecar("archive", "toml", &manifest)?;
+    let dispatcher = handlers.dispatcher()?;
+    let report = run_job(
+        &dispatcher,
+        "archive",
+        json!({"files": ["a.txt", "b.txt"], "name": "bundle"}),
+        1,
+    );
+    let out = output(&report.outcome)?;
+    assert_eq!(
+        (out["files"].as_u64(), out["bytes"].as_u64()),
+        (Some(2), Some(11))
+    );
+    let mut archive = tar::Archive::new(std::fs::File::open(outbox.join("bundle.tar"))?);
+    let mut names = Vec::new();
+    for entry in archive.entries()? {
+        let mut entry = entry?;
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut entry, &mut text)?;
+        names.push((entry.path()?.display().to_string(), text));
+    }
+    assert_eq!(
+        names,
+        [
+            ("a.txt".to_string(), "alpha".to_string()),
+            ("b.txt".to_string(), "bravo!".to_string())
+        ]
+    );
+    let escape = run_job(
+        &dispatcher,
+        "archive",
+        json!({"files": ["../secret.txt"], "name": "x"}),
+        1,
+    );
+    assert_eq!(escape.outcome.reason(), Some(Reason::Permanent));
+    Ok(())
+}

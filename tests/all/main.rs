@@ -3,6 +3,7 @@
 mod cli;
 mod examples;
 mod hostile;
+mod http;
 mod loading;
 mod outcomes;
 mod poison;
@@ -14,6 +15,8 @@ mod queue;
 mod fixture_tests {
     #[allow(unused_imports, reason = "only the names are checked")]
     pub(crate) use crate::hostile::*;
+    #[allow(unused_imports, reason = "only the names are checked")]
+    pub(crate) use crate::http::*;
     #[allow(unused_imports, reason = "only the names are checked")]
     pub(crate) use crate::outcomes::*;
 }

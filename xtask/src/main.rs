@@ -16,6 +16,8 @@ const RUST_EXAMPLES: &[(&str, &str)] = &[
     ("report", "report"),
     ("fan-out", "fan_out"),
     ("flaky-api", "flaky_api"),
+    ("webhook", "webhook"),
+    ("archive", "archive"),
 ];
 
 type Result<T = ()> = std::result::Result<T, String>;
@@ -113,6 +115,10 @@ fn build_examples() -> Result<PathBuf> {
                 copy(&sidecar, &out.join(format!("{folder}.{ext}")))?;
             }
         }
+    }
+    // The archive example's granted folders (relative to the plugins folder).
+    for dir in ["archive-in", "archive-out"] {
+        std::fs::create_dir_all(out.join(dir)).map_err(|e| e.to_string())?;
     }
     eprintln!(
         "built {} handlers into {}",
