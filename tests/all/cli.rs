@@ -123,3 +123,120 @@ fn inspect_and_compile() -> anyhow::Result<()> {
     assert_eq!(after["precompiled_cached"], true);
     Ok(())
 }
+
+fn admin(db: &std::path::Path, args: &[&str]) -> anyhow::Result<(i32, String, String)> {
+    let output = jobhost()?.args(args).env("JOBHOST_DB", db).output()?;
+    Ok((
+        output.status.code().unwrap_or(-1),
+        String::from_utf8(output.stdout)?,
+        String::from_utf8(output.stderr)?,
+    ))
+}
+
+#[test]
+fn enqueue_checks_the_schema_and_the_queue_commands_work() -> anyhow::Result<()> {
+    let handlers = Handlers::new()?;
+    handlers.add(fixtures::ECHO, "echo")?;
+    handlers.add(fixtures::PERMANENT, "permanent")?;
+    let dir = tempfile::tempdir()?;
+    let db = dir.path().join("q.db");
+    let plugins = handlers.path().to_string_lossy().into_owned();
+    // A payload that fails the schema: exit 2, the errors listed, nothing enqueued.
+    let (code, _, stderr) = admin(
+        &db,
+        &[
+            "enqueue",
+            "--plugins",
+            &plugins,
+            "echo",
+            r#"{"message": 1}"#,
+        ],
+    )?;
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("/message"), "{stderr}");
+    let (code, _, stderr) = admin(&db, &["enqueue", "--plugins", &plugins, "nobody", "{}"])?;
+    assert_eq!(code, 2, "{stderr}");
+    let (code, id, _) = admin(
+        &db,
+        &[
+            "enqueue",
+            "--plugins",
+            &plugins,
+            "echo",
+            r#"{"message": "hi"}"#,
+            "--priority",
+            "3",
+        ],
+    )?;
+    assert_eq!(code, 0);
+    let id = id.trim().to_string();
+    let (_, again, _) = admin(
+        &db,
+        &["enqueue", "echo", r#"{"message": "u"}"#, "--unique", "k1"],
+    )?;
+    let (_, same, stderr) = admin(
+        &db,
+        &["enqueue", "echo", r#"{"message": "u"}"#, "--unique", "k1"],
+    )?;
+    assert_eq!(again, same, "a queued unique key returns the existing id");
+    assert!(stderr.contains("already queued"), "{stderr}");
+    let (_, later, _) = admin(
+        &db,
+        &[
+            "enqueue",
+            "echo",
+            r#"{"message": "later"}"#,
+            "--delay",
+            "1h",
+        ],
+    )?;
+    let file = dir.path().join("jobs.ndjson");
+    std::fs::write(
+        &file,
+        "{\"job\": \"echo\", \"payload\": {\"message\": \"a\"}}\n\n{\"job\": \"permanent\"}\n",
+    )?;
+    let (code, ids, _) = admin(&db, &["enqueue", "--file", &file.to_string_lossy()])?;
+    assert_eq!((code, ids.lines().count()), (0, 2));
+    let (code, _, _) = admin(&db, &["jobs", "cancel", later.trim()])?;
+    assert_eq!(code, 0);
+    let run = jobhost()?
+        .args(["run", "--drain", "--plugins", &plugins])
+        .env("JOBHOST_DB", &db)
+        .output()?;
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let summary: Value = serde_json::from_slice(&run.stdout)?;
+    assert_eq!(
+        (summary["done"].as_u64(), summary["dead"].as_u64()),
+        (Some(3), Some(1)),
+        "{summary}"
+    );
+    let (_, shown, _) = admin(&db, &["jobs", "show", &id])?;
+    let shown: Value = serde_json::from_str(&shown)?;
+    assert_eq!(
+        (shown["state"].as_str(), shown["priority"].as_i64()),
+        (Some("done"), Some(3))
+    );
+    let (_, dead, _) = admin(&db, &["dlq", "list"])?;
+    assert!(
+        dead.contains("permanent") && dead.lines().count() == 1,
+        "{dead}"
+    );
+    let (_, stats, _) = admin(&db, &["stats"])?;
+    assert!(
+        stats.contains("echo") && stats.contains("cancelled"),
+        "{stats}"
+    );
+    let (_, redriven, _) = admin(&db, &["dlq", "redrive", "--all"])?;
+    assert_eq!(redriven.trim(), "redriven: 1");
+    let (_, queued, _) = admin(&db, &["jobs", "list", "--state", "queued", "--json"])?;
+    assert_eq!(queued.lines().count(), 1);
+    let (_, purged, _) = admin(&db, &["dlq", "purge"])?;
+    assert_eq!(purged.trim(), "purged: 0");
+    let (code, _, _) = admin(&db, &["jobs", "show", "no-such-id"])?;
+    assert_eq!(code, 1);
+    Ok(())
+}

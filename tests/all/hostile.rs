@@ -146,6 +146,28 @@ pub(crate) fn host_flood() -> anyhow::Result<()> {
 }
 
 #[test]
+pub(crate) fn arg_loop() -> anyhow::Result<()> {
+    let handlers = Handlers::new()?;
+    handlers.add(fixtures::ARG_LOOP, "arg-loop")?;
+    handlers.add(fixtures::NOOP, "noop")?;
+    handlers.sidecar("arg-loop", "toml", "[limits]\nmemory-mib = 16\n")?;
+    let dispatcher = handlers.dispatcher()?;
+    let report = run_job(&dispatcher, "arg-loop", json!({}), 1);
+    assert_eq!(report.outcome.kind(), "dead-letter", "{:?}", report.outcome);
+    assert!(
+        matches!(
+            report.outcome.reason(),
+            Some(Reason::MemoryLimit | Reason::FuelExhausted)
+        ),
+        "{:?}",
+        report.outcome
+    );
+    assert!(report.logs.is_empty(), "the host call was never made");
+    assert!(run_job(&dispatcher, "noop", json!({}), 1).outcome.is_done());
+    Ok(())
+}
+
+#[test]
 pub(crate) fn describe_panics() -> anyhow::Result<()> {
     let handlers = Handlers::new()?;
     handlers.add(fixtures::DESCRIBE_PANICS, "describe-panics")?;
@@ -266,5 +288,73 @@ fn hundreds_of_hostile_jobs_beside_good_ones_keep_memory_bounded() -> anyhow::Re
         after < before + 64 * 1024,
         "RSS grew from {before} KiB to {after} KiB"
     );
+    Ok(())
+}
+
+/// A component that fits the job-plugin world but whose core module declares `memories`
+/// memories and `tables` tables.
+fn greedy_component(memories: usize, tables: usize) -> anyhow::Result<Vec<u8>> {
+    let extra_memories = "(memory 1)\n".repeat(memories.saturating_sub(1));
+    let tables = "(table 1 funcref)\n".repeat(tables);
+    let text = format!(
+        r#"(component
+  (core module $m
+    (memory (export "memory") 1)
+    {extra_memories}
+    {tables}
+    (func (export "realloc") (param i32 i32 i32 i32) (result i32) i32.const 0)
+    (func (export "describe") (result i32) unreachable)
+    (func (export "handle") (param i32 i32 i32 i32 i32 i32 i32 i32 i64 i64) (result i32) unreachable)
+  )
+  (core instance $i (instantiate $m))
+  (type $handler-info' (record (field "names" (list string)) (field "schema" (option string)) (field "version" string)))
+  (export $handler-info "handler-info" (type $handler-info'))
+  (type $job' (record (field "id" string) (field "name" string) (field "payload" string) (field "attempt" u32)
+    (field "max-attempts" u32) (field "enqueued-at" u64) (field "deadline" u64)))
+  (export $job "job" (type $job'))
+  (type $transient-error' (record (field "message" string) (field "retry-after-ms" (option u64))))
+  (export $transient-error "transient-error" (type $transient-error'))
+  (type $job-error' (variant (case "permanent" string) (case "transient" $transient-error)))
+  (export $job-error "job-error" (type $job-error'))
+  (alias core export $i "memory" (core memory $memory))
+  (alias core export $i "realloc" (core func $realloc))
+  (alias core export $i "describe" (core func $describe-core))
+  (alias core export $i "handle" (core func $handle-core))
+  (func $describe (result $handler-info)
+    (canon lift (core func $describe-core) (memory $memory) (realloc $realloc)))
+  (func $handle (param "job" $job) (result (result (option string) (error $job-error)))
+    (canon lift (core func $handle-core) (memory $memory) (realloc $realloc)))
+  (instance $h (export "describe" (func $describe)) (export "handle" (func $handle)))
+  (export "jobhost:plugin/handler@0.1.0" (instance $h))
+)"#
+    );
+    Ok(wat::parse_str(&text)?)
+}
+
+#[test]
+fn many_memories_or_tables_are_refused_at_load() -> anyhow::Result<()> {
+    let handlers = Handlers::new()?;
+    std::fs::write(handlers.file("memories", "wasm"), greedy_component(40, 0)?)?;
+    std::fs::write(handlers.file("tables", "wasm"), greedy_component(1, 40)?)?;
+    std::fs::write(handlers.file("fits", "wasm"), greedy_component(1, 1)?)?;
+    handlers.add(fixtures::NOOP, "noop")?;
+    let dispatcher = handlers.dispatcher()?;
+    let errors: Vec<String> = dispatcher
+        .plugins()
+        .errors()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(errors.len(), 3, "{errors:#?}");
+    let has = |file: &str, text: &str| errors.iter().any(|e| e.contains(file) && e.contains(text));
+    // The greedy ones never get an instance; the one that fits instantiates and traps in
+    // describe(), which proves the world matched and the limits are what refused the others.
+    assert!(has("memories.wasm", "memor"), "{errors:#?}");
+    assert!(has("tables.wasm", "table"), "{errors:#?}");
+    assert!(
+        has("fits.wasm", "describe() failed") && has("fits.wasm", "unreachable"),
+        "{errors:#?}"
+    );
+    assert!(run_job(&dispatcher, "noop", json!({}), 1).outcome.is_done());
     Ok(())
 }
