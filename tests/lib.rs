@@ -104,6 +104,36 @@ pub fn run_job(dispatcher: &Dispatcher, name: &str, payload: Value, attempt: u32
     dispatcher.dispatch(body.as_bytes(), &delivery)
 }
 
+/// The load errors of a dispatcher's plugins folder, as text.
+pub fn load_errors(dispatcher: &Dispatcher) -> Vec<String> {
+    dispatcher
+        .plugins()
+        .errors()
+        .iter()
+        .map(ToString::to_string)
+        .collect()
+}
+
+/// Runs a runner with `--drain` semantics over `queue` until nothing is due or running.
+pub fn drain(
+    queue: &jobhost::queue::sqlite::SqliteQueue,
+    dispatcher: std::sync::Arc<Dispatcher>,
+) -> anyhow::Result<jobhost::runner::RunSummary> {
+    let mut options = jobhost::runner::RunOptions::new(2, std::time::Duration::from_secs(30));
+    options.drain = true;
+    let runtime = tokio::runtime::Runtime::new()?;
+    Ok(runtime.block_on(async {
+        let runner = jobhost::runner::Runner::new(
+            std::sync::Arc::new(queue.clone()),
+            dispatcher,
+            queue.clock().clone(),
+            options,
+        );
+        let (_stop, stopped) = tokio::sync::watch::channel(false);
+        runner.run(stopped).await
+    }))
+}
+
 /// A request the test HTTP server received.
 #[derive(Clone, Debug)]
 pub struct Received {

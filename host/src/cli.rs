@@ -53,6 +53,21 @@ pub enum Command {
     Dlq(DlqCommand),
     /// Counts by job name and state, and the age of the oldest due job.
     Stats(DbArgs),
+    /// Run the `NAME.cases.json` case files of a handlers folder.
+    Test(TestArgs),
+}
+
+/// `jobhost test`.
+#[derive(Debug, Args)]
+pub struct TestArgs {
+    /// The handlers folder (with its `NAME.cases.json` files).
+    pub dir: PathBuf,
+    /// Where precompiled artifacts are kept (default: `<dir>/.jobhost-cache`).
+    #[arg(long, env = "JOBHOST_CACHE_DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// Print one JSON object instead of lines.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// The queue file.

@@ -13,7 +13,8 @@ use wasmtime::Trap;
 use crate::bindings::{Job, JobError};
 use crate::engine::JobEngine;
 use crate::envelope::{DEFAULT_MAX_BODY_BYTES, Envelope, EnvelopeError};
-use crate::execute::{Execution, execute, root_cause};
+use crate::execute::{Execution, JobSettings, execute, root_cause};
+use crate::limits::Limits;
 use crate::outcome::{Outcome, Reason, Report};
 use crate::plugin::{Plugin, PluginSet};
 use crate::retry::{RetryPolicy, jitter_rng};
@@ -43,6 +44,10 @@ pub struct Delivery {
     /// A deadline imposed from outside (a Lambda invocation's end); the job's own
     /// timeout is capped by it.
     pub deadline: Option<SystemTime>,
+    /// Limits to use instead of the handler's (the test harness sets them per case).
+    pub limits: Option<Limits>,
+    /// Fixes the guest's wall clock (and the job's timestamps) at this time.
+    pub wall_clock: Option<SystemTime>,
 }
 
 /// Why a payload was refused before any handler ran (for enqueue-time checks).
@@ -164,7 +169,7 @@ impl Dispatcher {
         attempt: u32,
         delivery: &Delivery,
     ) -> Report {
-        let limits = &plugin.manifest.limits;
+        let limits = delivery.limits.as_ref().unwrap_or(&plugin.manifest.limits);
         let mut policy = plugin.manifest.retry.clone();
         if let Some(max) = envelope.max_attempts {
             policy.max_attempts = max.max(1);
@@ -174,24 +179,27 @@ impl Dispatcher {
         if let Some(cap) = delivery.deadline {
             timeout = timeout.min(cap.duration_since(now).unwrap_or(Duration::ZERO));
         }
+        // With a fixed wall clock (tests), the job's timestamps follow it too.
+        let seen_now = delivery.wall_clock.unwrap_or(now);
         let job = Job {
             id: job_id.clone(),
             name: envelope.job.clone(),
             payload: envelope.payload.to_string(),
             attempt,
             max_attempts: policy.max_attempts,
-            enqueued_at: envelope.enqueued_at.unwrap_or_else(|| unix_millis(now)),
-            deadline: unix_millis(now + timeout),
+            enqueued_at: envelope
+                .enqueued_at
+                .unwrap_or_else(|| unix_millis(seen_now)),
+            deadline: unix_millis(seen_now + timeout),
         };
-        let execution = execute(
-            &self.engine,
-            &plugin.pre,
-            &job,
+        let settings = JobSettings {
             limits,
             timeout,
-            self.options.max_body_bytes,
-            &plugin.grants,
-        );
+            payload_cap: self.options.max_body_bytes,
+            grants: &plugin.grants,
+            wall_clock: delivery.wall_clock,
+        };
+        let execution = execute(&self.engine, &plugin.pre, &job, &settings);
         let outcome = classify(&execution, &policy, attempt, limits.output_bytes);
         let Execution {
             fuel,

@@ -3,7 +3,7 @@
 //!
 //! Main types: [`Execution`], [`execute`], [`describe`].
 
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use wasmtime::Store;
 
@@ -32,15 +32,35 @@ pub struct Execution {
     pub captured: Captured,
 }
 
+/// Everything one call runs under.
+#[derive(Clone, Copy)]
+pub struct JobSettings<'a> {
+    /// The limits.
+    pub limits: &'a Limits,
+    /// When the call is interrupted.
+    pub timeout: Duration,
+    /// The largest payload the guest may enqueue.
+    pub payload_cap: usize,
+    /// What the handler is granted.
+    pub grants: &'a ResolvedGrants,
+    /// A fixed wall clock for the guest, if any.
+    pub wall_clock: Option<SystemTime>,
+}
+
 fn new_store(
     engine: &JobEngine,
-    limits: &Limits,
-    timeout: Duration,
-    payload_cap: usize,
-    grants: &ResolvedGrants,
+    settings: &JobSettings<'_>,
 ) -> wasmtime::Result<(Store<JobState>, Capture)> {
+    let JobSettings {
+        limits,
+        timeout,
+        payload_cap,
+        grants,
+        wall_clock,
+    } = *settings;
     let capture = Capture::new(limits, payload_cap);
-    let state = JobState::new(limits, capture.clone(), grants).map_err(wasmtime::Error::msg)?;
+    let state =
+        JobState::new(limits, capture.clone(), grants, wall_clock).map_err(wasmtime::Error::msg)?;
     let mut store = Store::new(engine.engine(), state);
     store.limiter(|state| &mut state.limiter);
     if engine.meters_fuel() {
@@ -65,13 +85,11 @@ pub fn execute(
     engine: &JobEngine,
     pre: &JobPluginPre<JobState>,
     job: &Job,
-    limits: &Limits,
-    timeout: Duration,
-    payload_cap: usize,
-    grants: &ResolvedGrants,
+    settings: &JobSettings<'_>,
 ) -> Execution {
     let started = Instant::now();
-    let (mut store, capture) = match new_store(engine, limits, timeout, payload_cap, grants) {
+    let limits = settings.limits;
+    let (mut store, capture) = match new_store(engine, settings) {
         Ok(parts) => parts,
         Err(error) => {
             return Execution {
@@ -110,8 +128,17 @@ pub fn describe(
     limits: &Limits,
 ) -> Result<HandlerInfo, String> {
     let timeout = Duration::from_millis(limits.timeout_ms);
-    let (mut store, capture) = new_store(engine, limits, timeout, 0, &ResolvedGrants::default())
-        .map_err(|e| root_cause(&e))?;
+    let (mut store, capture) = new_store(
+        engine,
+        &JobSettings {
+            limits,
+            timeout,
+            payload_cap: 0,
+            grants: &ResolvedGrants::default(),
+            wall_clock: None,
+        },
+    )
+    .map_err(|e| root_cause(&e))?;
     let info = pre
         .instantiate(&mut store)
         .and_then(|plugin| plugin.jobhost_plugin_handler().call_describe(&mut store));

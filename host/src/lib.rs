@@ -30,6 +30,7 @@ pub mod schedule;
 pub mod schema;
 pub mod serve;
 mod state;
+pub mod testing;
 
 pub use cache::{ArtifactCache, ArtifactSource};
 pub use config::{HostConfig, StartupError};

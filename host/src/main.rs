@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::Parser as _;
-use jobhost::cli::{Cli, Command, CompileArgs, ExecArgs, InspectArgs, LogFormat};
+use jobhost::cli::{Cli, Command, CompileArgs, ExecArgs, InspectArgs, LogFormat, TestArgs};
 use jobhost::config::DEFAULT_CACHE_DIR_NAME;
 use jobhost::{ArtifactCache, Delivery, EngineOptions, Envelope, JobEngine, Loader};
 
@@ -28,6 +28,7 @@ fn main() -> ExitCode {
         Command::Jobs(command) => admin::jobs(command),
         Command::Dlq(command) => admin::dlq(command),
         Command::Stats(db) => admin::stats(db),
+        Command::Test(args) => test_cases(args),
     };
     result.unwrap_or_else(|error| {
         eprintln!("error: {error:#}");
@@ -140,6 +141,60 @@ fn inspect(args: InspectArgs) -> anyhow::Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn test_cases(args: TestArgs) -> anyhow::Result<ExitCode> {
+    let started = std::time::Instant::now();
+    let mut config = jobhost::HostConfig::new(&args.dir);
+    config.cache_dir = args.cache_dir.clone();
+    config.engine.pool_instances = 16;
+    let dispatcher = config.start()?;
+    let load_errors: Vec<String> = dispatcher
+        .plugins()
+        .errors()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    let results = jobhost::testing::run_case_files(&dispatcher, &args.dir)?;
+    let failed = results.iter().filter(|r| !r.passed).count() + load_errors.len();
+    let passed = results.iter().filter(|r| r.passed).count();
+    if args.json {
+        let report = serde_json::json!({"passed": passed, "failed": failed, "load_errors": load_errors, "cases": results});
+        println!("{report}");
+    } else {
+        for error in &load_errors {
+            println!("FAIL  load: {error}");
+        }
+        for result in &results {
+            let file = result
+                .file
+                .file_name()
+                .map(|f| f.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let stats = format!(
+                "{} us, {} fuel",
+                result.report["duration_us"], result.report["fuel"]
+            );
+            let mark = if result.passed { "ok  " } else { "FAIL" };
+            println!("{mark}  {file} > {} ({stats})", result.name);
+            for failure in &result.failures {
+                println!("        {failure}");
+            }
+        }
+        if results.is_empty() {
+            println!("no case files (NAME.cases.json) in {}", args.dir.display());
+        }
+        println!("{passed} passed, {failed} failed");
+        tracing::debug!(
+            elapsed_ms = jobhost::testing::elapsed_ms(started),
+            "cases run"
+        );
+    }
+    Ok(if failed == 0 && !results.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_NOT_DONE)
+    })
 }
 
 /// Imports that reach a capability the manifest does not grant (calls to them fail).

@@ -123,6 +123,15 @@ impl PluginSet {
         names
     }
 
+    /// A set of already-loaded handlers (first claim of a name wins).
+    pub fn from_plugins(plugins: Vec<Plugin>) -> Self {
+        let mut set = Self::default();
+        for plugin in plugins {
+            set.insert(plugin);
+        }
+        set
+    }
+
     fn insert(&mut self, plugin: Plugin) {
         // Two handlers claiming one name: the first (in file-name order) keeps it, the
         // later one is skipped whole, and the error names both files.

@@ -355,7 +355,7 @@ impl Worker {
         let delivery = Delivery {
             fallback_id: Some(delivered.id.clone()),
             attempt: Some(delivered.attempt),
-            deadline: None,
+            ..Delivery::default()
         };
         let gate = match &delivered.message {
             Message::Envelope(envelope) => self.gates.get(&envelope.job).cloned(),

@@ -2,6 +2,7 @@
 //! capture. A new one is built for every job, so nothing leaks between jobs.
 
 use std::path::PathBuf;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
@@ -38,9 +39,24 @@ impl JobState {
     /// State for one job. WASI grants nothing but what `grants` lists: no other
     /// directories, no other environment, no network, an empty stdin; stdout and stderr
     /// go to the job's log. Fails when a granted directory cannot be opened any more.
-    pub fn new(limits: &Limits, capture: Capture, grants: &ResolvedGrants) -> Result<Self, String> {
+    pub fn new(
+        limits: &Limits,
+        capture: Capture,
+        grants: &ResolvedGrants,
+        wall_clock: Option<SystemTime>,
+    ) -> Result<Self, String> {
         let mut builder = WasiCtx::builder();
+        if let Some(at) = wall_clock {
+            builder.wall_clock(FixedClock(
+                at.duration_since(UNIX_EPOCH).unwrap_or_default(),
+            ));
+        }
         builder.stdout(capture.stream(0)).stderr(capture.stream(1));
+        // wasi:sockets is never granted: say so rather than rely on the defaults.
+        builder
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false);
         for (name, value) in &grants.env {
             builder.env(name, value);
         }
@@ -81,5 +97,18 @@ impl WasiHttpView for JobState {
             table: &mut self.table,
             hooks: &mut self.http_policy,
         }
+    }
+}
+
+/// A wall clock stopped at one instant (for tests of time-dependent handlers).
+struct FixedClock(Duration);
+
+impl wasmtime_wasi::HostWallClock for FixedClock {
+    fn resolution(&self) -> Duration {
+        Duration::from_millis(1)
+    }
+
+    fn now(&self) -> Duration {
+        self.0
     }
 }

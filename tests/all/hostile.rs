@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use jobhost::{Outcome, Reason};
-use jobhost_tests::{Handlers, fixtures, run_job};
+use jobhost_tests::{Handlers, fixtures, load_errors, run_job};
 use serde_json::{Value, json};
 
 fn answers(outcome: &Outcome) -> anyhow::Result<Vec<(bool, String)>> {
@@ -28,7 +28,9 @@ pub(crate) fn sandbox_probe() -> anyhow::Result<()> {
     // Nothing granted: no host files, no environment, not even a root to list.
     let handlers = Handlers::new()?;
     handlers.add(fixtures::SANDBOX_PROBE, "sandbox-probe")?;
-    let probes = json!([{"read": "/etc/passwd"}, {"list": "/"}, {"env": "HOME"}, {"env": "PATH"}, {"write": "/tmp/x"}]);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let address = listener.local_addr()?.to_string();
+    let probes = json!([{"read": "/etc/passwd"}, {"list": "/"}, {"env": "HOME"}, {"env": "PATH"}, {"write": "/tmp/x"}, {"connect": address}]);
     let report = run_job(&handlers.dispatcher()?, "sandbox-probe", probes, 1);
     let results = answers(&report.outcome)?;
     assert!(results.iter().all(|(ok, _)| !ok), "{results:?}");
@@ -96,12 +98,7 @@ fn a_grant_of_a_missing_directory_fails_that_handler_only() -> anyhow::Result<()
         "[[grants.dirs]]\nhost = \"does/not/exist\"\nguest = \"/in\"\n",
     )?;
     let dispatcher = handlers.dispatcher()?;
-    let errors: Vec<String> = dispatcher
-        .plugins()
-        .errors()
-        .iter()
-        .map(ToString::to_string)
-        .collect();
+    let errors = load_errors(&dispatcher);
     assert!(
         errors.len() == 1
             && errors[0].contains("sandbox-probe.toml")
@@ -173,12 +170,7 @@ pub(crate) fn describe_panics() -> anyhow::Result<()> {
     handlers.add(fixtures::DESCRIBE_PANICS, "describe-panics")?;
     handlers.add(fixtures::NOOP, "noop")?;
     let dispatcher = handlers.dispatcher()?;
-    let errors: Vec<String> = dispatcher
-        .plugins()
-        .errors()
-        .iter()
-        .map(ToString::to_string)
-        .collect();
+    let errors = load_errors(&dispatcher);
     assert_eq!(errors.len(), 1, "{errors:?}");
     assert!(
         errors[0].contains("describe-panics.wasm") && errors[0].contains("describe() failed"),
@@ -194,12 +186,7 @@ pub(crate) fn not_a_handler() -> anyhow::Result<()> {
     handlers.add(fixtures::NOT_A_HANDLER, "command")?;
     handlers.add(fixtures::NOOP, "noop")?;
     let dispatcher = handlers.dispatcher()?;
-    let errors: Vec<String> = dispatcher
-        .plugins()
-        .errors()
-        .iter()
-        .map(ToString::to_string)
-        .collect();
+    let errors = load_errors(&dispatcher);
     assert!(
         errors.len() == 1
             && errors[0].contains("command.wasm")
@@ -339,12 +326,7 @@ fn many_memories_or_tables_are_refused_at_load() -> anyhow::Result<()> {
     std::fs::write(handlers.file("fits", "wasm"), greedy_component(1, 1)?)?;
     handlers.add(fixtures::NOOP, "noop")?;
     let dispatcher = handlers.dispatcher()?;
-    let errors: Vec<String> = dispatcher
-        .plugins()
-        .errors()
-        .iter()
-        .map(ToString::to_string)
-        .collect();
+    let errors = load_errors(&dispatcher);
     assert_eq!(errors.len(), 3, "{errors:#?}");
     let has = |file: &str, text: &str| errors.iter().any(|e| e.contains(file) && e.contains(text));
     // The greedy ones never get an instance; the one that fits instantiates and traps in

@@ -1,7 +1,7 @@
 //! Loading a plugins folder: bad files are reported by name and skipped, the rest load.
 
 use jobhost::{ArtifactSource, Reason, SchemaSource};
-use jobhost_tests::{Handlers, fixtures, run_job};
+use jobhost_tests::{Handlers, fixtures, load_errors, run_job};
 use serde_json::json;
 
 #[test]
@@ -16,12 +16,7 @@ fn a_broken_folder_loads_what_it_can() -> anyhow::Result<()> {
     handlers.add(fixtures::NOOP, "badschema")?;
     handlers.sidecar("badschema", "schema.json", r#"{"type": 17}"#)?;
     let dispatcher = handlers.dispatcher()?;
-    let errors: Vec<String> = dispatcher
-        .plugins()
-        .errors()
-        .iter()
-        .map(ToString::to_string)
-        .collect();
+    let errors = load_errors(&dispatcher);
     assert_eq!(errors.len(), 4, "{errors:#?}");
     let has = |file: &str, text: &str| errors.iter().any(|e| e.contains(file) && e.contains(text));
     assert!(

@@ -2,6 +2,7 @@
 
 mod cli;
 mod examples;
+mod harness;
 mod hostile;
 mod http;
 mod loading;
@@ -13,6 +14,8 @@ mod queue;
 /// Every fixture guest must have a test of its own name in one of these modules, or this
 /// does not build.
 mod fixture_tests {
+    #[allow(unused_imports, reason = "only the names are checked")]
+    pub(crate) use crate::harness::*;
     #[allow(unused_imports, reason = "only the names are checked")]
     pub(crate) use crate::hostile::*;
     #[allow(unused_imports, reason = "only the names are checked")]

@@ -2,11 +2,10 @@
 //! accepted where documented), its raw body kept, and the loop keeps running.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use jobhost::queue::NewJob;
 use jobhost::queue::sqlite::SqliteQueue;
-use jobhost::runner::{RunOptions, Runner, Termination};
+use jobhost::runner::Termination;
 use jobhost_tests::{Handlers, fixtures};
 use serde_json::json;
 
@@ -100,18 +99,7 @@ fn poison_messages_are_dead_lettered_with_their_reason_and_body() -> anyhow::Res
         .map(|i| NewJob::new("echo", json!({"message": format!("good {i}")})))
         .collect();
     queue.enqueue_now(&good)?;
-    let mut options = RunOptions::new(2, Duration::from_secs(30));
-    options.drain = true;
-    let summary = tokio::runtime::Runtime::new()?.block_on(async {
-        let runner = Runner::new(
-            Arc::new(queue.clone()),
-            dispatcher,
-            queue.clock().clone(),
-            options,
-        );
-        let (_stop, stopped) = tokio::sync::watch::channel(false);
-        runner.run(stopped).await
-    });
+    let summary = jobhost_tests::drain(&queue, dispatcher)?;
     assert_eq!(summary.termination, Termination::Drained);
     for ((what, body, reason), id) in cases.iter().zip(&ids) {
         let record = queue

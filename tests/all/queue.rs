@@ -7,7 +7,6 @@ use std::time::{Duration, SystemTime};
 use jobhost::clock::{Clock as _, ManualClock};
 use jobhost::queue::sqlite::{CancelResult, Retention, SqliteQueue};
 use jobhost::queue::{Action, Delivered, Enqueued, NewJob, Settlement};
-use jobhost::runner::{RunOptions, Runner};
 use jobhost::schedule::Scheduler;
 use jobhost::{Delivery, Reason};
 use jobhost_tests::{Handlers, fixtures};
@@ -321,9 +320,8 @@ fn children_are_committed_only_with_the_parents_success() -> anyhow::Result<()> 
             unreachable!("sqlite stores envelopes")
         };
         let delivery = Delivery {
-            fallback_id: None,
             attempt: Some(d.attempt),
-            deadline: None,
+            ..Delivery::default()
         };
         Action::from_report(
             &dispatcher.dispatch_envelope(envelope.clone(), &delivery),
@@ -409,19 +407,7 @@ fn the_runner_drains_a_real_queue_file() -> anyhow::Result<()> {
     flaky.max_attempts = Some(2);
     jobs.push(flaky);
     queue.enqueue_now(&jobs)?;
-    let mut options = RunOptions::new(2, Duration::from_secs(30));
-    options.drain = true;
-    let runtime = tokio::runtime::Runtime::new()?;
-    let summary = runtime.block_on(async {
-        let runner = Runner::new(
-            Arc::new(queue.clone()),
-            dispatcher,
-            queue.clock().clone(),
-            options,
-        );
-        let (_stop, stopped) = tokio::sync::watch::channel(false);
-        runner.run(stopped).await
-    });
+    let summary = jobhost_tests::drain(&queue, dispatcher)?;
     assert_eq!(summary.termination, jobhost::runner::Termination::Drained);
     assert_eq!(summary.dead, 3);
     let dead = queue.list(Some("dead"), None, 10)?;

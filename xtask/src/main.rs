@@ -109,7 +109,7 @@ fn build_examples() -> Result<PathBuf> {
             .join("release")
             .join(format!("{artifact}.wasm"));
         copy(&wasm, &out.join(format!("{folder}.wasm")))?;
-        for ext in ["toml", "schema.json"] {
+        for ext in ["toml", "schema.json", "cases.json"] {
             let sidecar = examples.join(folder).join(format!("{folder}.{ext}"));
             if sidecar.is_file() {
                 copy(&sidecar, &out.join(format!("{folder}.{ext}")))?;

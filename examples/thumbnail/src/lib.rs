@@ -43,7 +43,9 @@ impl Handler for ThumbnailHandler {
         let source = image::load_from_memory(&bytes)
             .map_err(|e| JobError::permanent(format!("image is not a PNG or JPEG: {e}")))?;
         jobhost_guest::log::info(&format!("source is {}x{}", source.width(), source.height()));
-        let thumb = source.thumbnail(job.payload.size, job.payload.size);
+        let size = job.payload.size;
+        // Never upscale: an image that already fits keeps its size.
+        let thumb = if source.width() <= size && source.height() <= size { source } else { source.thumbnail(size, size) };
         let mut png = std::io::Cursor::new(Vec::new());
         thumb
             .write_to(&mut png, image::ImageFormat::Png)

@@ -9,6 +9,7 @@ enum Probe {
     Write(String),
     List(String),
     Env(String),
+    Connect(String),
 }
 
 #[derive(Serialize)]
@@ -40,6 +41,7 @@ impl Handler for SandboxProbe {
                 Probe::Write(path) => answer(std::fs::write(&path, b"written by the guest").map(|()| path)),
                 Probe::List(path) => answer(std::fs::read_dir(path).map(|d| d.count().to_string())),
                 Probe::Env(name) => answer(std::env::var(name).map_err(std::io::Error::other)),
+                Probe::Connect(address) => answer(std::net::TcpStream::connect(address.as_str()).map(|_| address)),
             })
             .collect())
     }
