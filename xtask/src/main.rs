@@ -116,6 +116,7 @@ fn build_examples() -> Result<PathBuf> {
             }
         }
     }
+    build_js_example(&examples.join("notify-js"), &out)?;
     // The archive example's granted folders (relative to the plugins folder).
     for dir in ["archive-in", "archive-out"] {
         std::fs::create_dir_all(out.join(dir)).map_err(|e| e.to_string())?;
@@ -126,6 +127,37 @@ fn build_examples() -> Result<PathBuf> {
         out.display()
     );
     Ok(out)
+}
+
+/// Builds the JavaScript example with componentize-js (installed by npm from the pinned
+/// lock file into the example's own `node_modules/`, which later runs reuse).
+fn build_js_example(dir: &Path, out: &Path) -> Result {
+    let installed = dir.join("node_modules/.bin/componentize-js").is_file();
+    if !installed {
+        run(Command::new("npm")
+            .args(["install", "--no-audit", "--no-fund"])
+            .current_dir(dir))?;
+    }
+    let wasm = dir.join("notify.wasm");
+    let fresh = modified(&wasm).is_some_and(|built| {
+        [dir.join("notify.js"), root().join("wit/jobhost.wit")]
+            .iter()
+            .all(|src| modified(src).is_some_and(|m| m <= built))
+    });
+    if !fresh {
+        run(Command::new("npm")
+            .args(["run", "--silent", "build"])
+            .current_dir(dir))?;
+    }
+    copy(&wasm, &out.join("notify.wasm"))?;
+    copy(
+        &dir.join("notify.cases.json"),
+        &out.join("notify.cases.json"),
+    )
+}
+
+fn modified(path: &Path) -> Option<std::time::SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
 }
 
 fn copy(from: &Path, to: &Path) -> Result {
