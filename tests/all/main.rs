@@ -10,6 +10,7 @@ mod outcomes;
 mod poison;
 mod process;
 mod queue;
+mod runner;
 
 /// Every fixture guest must have a test of its own name in one of these modules, or this
 /// does not build.
