@@ -114,24 +114,28 @@ pub fn load_errors(dispatcher: &Dispatcher) -> Vec<String> {
         .collect()
 }
 
-/// Runs a runner with `--drain` semantics over `queue` until nothing is due or running.
-pub fn drain(
-    queue: &jobhost::queue::sqlite::SqliteQueue,
+/// Runs a runner with `--drain` semantics over any queue until nothing is due or running.
+pub fn drain_queue<Q: jobhost::queue::Queue>(
+    queue: std::sync::Arc<Q>,
     dispatcher: std::sync::Arc<Dispatcher>,
 ) -> anyhow::Result<jobhost::runner::RunSummary> {
     let mut options = jobhost::runner::RunOptions::new(2, std::time::Duration::from_secs(30));
     options.drain = true;
     let runtime = tokio::runtime::Runtime::new()?;
     Ok(runtime.block_on(async {
-        let runner = jobhost::runner::Runner::new(
-            std::sync::Arc::new(queue.clone()),
-            dispatcher,
-            queue.clock().clone(),
-            options,
-        );
+        let clock = std::sync::Arc::new(jobhost::clock::SystemClock);
+        let runner = jobhost::runner::Runner::new(queue, dispatcher, clock, options);
         let (_stop, stopped) = tokio::sync::watch::channel(false);
         runner.run(stopped).await
     }))
+}
+
+/// [`drain_queue`] over an SQLite queue, on that queue's clock.
+pub fn drain(
+    queue: &jobhost::queue::sqlite::SqliteQueue,
+    dispatcher: std::sync::Arc<Dispatcher>,
+) -> anyhow::Result<jobhost::runner::RunSummary> {
+    drain_queue(std::sync::Arc::new(queue.clone()), dispatcher)
 }
 
 /// A request the test HTTP server received.

@@ -7,9 +7,8 @@ use std::time::Duration;
 
 use jobhost::queue::memory::MemoryQueue;
 use jobhost::queue::{Delivered, Enqueued, NewJob, Queue, QueueError, Settlement};
-use jobhost::runner::{RunOptions, RunSummary, Runner, Termination};
-use jobhost::{Dispatcher, clock::SystemClock};
-use jobhost_tests::{Handlers, fixtures};
+use jobhost::runner::Termination;
+use jobhost_tests::{Handlers, drain_queue, fixtures};
 use serde_json::json;
 
 /// The in-memory queue, with its first `failures` settle calls and receive calls failing.
@@ -57,17 +56,6 @@ impl Queue for Flaky {
     }
 }
 
-fn drain<Q: Queue>(queue: Arc<Q>, dispatcher: Arc<Dispatcher>) -> anyhow::Result<RunSummary> {
-    let mut options = RunOptions::new(2, Duration::from_secs(30));
-    options.drain = true;
-    let runtime = tokio::runtime::Runtime::new()?;
-    Ok(runtime.block_on(async {
-        let runner = Runner::new(queue, dispatcher, Arc::new(SystemClock), options);
-        let (_stop, stopped) = tokio::sync::watch::channel(false);
-        runner.run(stopped).await
-    }))
-}
-
 #[test]
 fn the_runner_drains_the_memory_queue_with_children() -> anyhow::Result<()> {
     let handlers = Handlers::new()?;
@@ -79,7 +67,7 @@ fn the_runner_drains_the_memory_queue_with_children() -> anyhow::Result<()> {
         "echo",
         json!({"message": "parent", "children": 3}),
     )]))?;
-    let summary = drain(queue.clone(), dispatcher)?;
+    let summary = drain_queue(queue.clone(), dispatcher)?;
     assert_eq!(summary.termination, Termination::Drained);
     assert_eq!(
         (summary.done, queue.count("done")),
@@ -103,7 +91,7 @@ fn a_queue_that_fails_to_record_results_loses_no_job() -> anyhow::Result<()> {
         .map(|i| NewJob::new("echo", json!({"message": format!("m{i}")})))
         .collect();
     tokio::runtime::Runtime::new()?.block_on(queue.enqueue(jobs))?;
-    let summary = drain(queue.clone(), dispatcher)?;
+    let summary = drain_queue(queue.clone(), dispatcher)?;
     // Two failed receives and two failed writes later, every job is recorded as done.
     assert_eq!(summary.termination, Termination::Drained);
     assert_eq!(queue.inner.count("done"), 20);
