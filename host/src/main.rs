@@ -144,7 +144,6 @@ fn inspect(args: InspectArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn test_cases(args: TestArgs) -> anyhow::Result<ExitCode> {
-    let started = std::time::Instant::now();
     let mut config = jobhost::HostConfig::new(&args.dir);
     config.cache_dir = args.cache_dir.clone();
     config.engine.pool_instances = 16;
@@ -185,10 +184,6 @@ fn test_cases(args: TestArgs) -> anyhow::Result<ExitCode> {
             println!("no case files (NAME.cases.json) in {}", args.dir.display());
         }
         println!("{passed} passed, {failed} failed");
-        tracing::debug!(
-            elapsed_ms = jobhost::testing::elapsed_ms(started),
-            "cases run"
-        );
     }
     Ok(if failed == 0 && !results.is_empty() {
         ExitCode::SUCCESS
@@ -226,13 +221,7 @@ fn compile(args: CompileArgs) -> anyhow::Result<ExitCode> {
             .unwrap_or_else(|| args.dir.join(DEFAULT_CACHE_DIR_NAME)),
     );
     let mut failed = 0;
-    let mut files: Vec<_> = std::fs::read_dir(&args.dir)
-        .with_context(|| format!("cannot read {}", args.dir.display()))?
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|e| e == "wasm"))
-        .collect();
-    files.sort();
+    let files = jobhost::plugin::wasm_files(&args.dir)?;
     for file in files {
         let result = std::fs::read(&file)
             .map_err(anyhow::Error::from)

@@ -189,8 +189,7 @@ impl Loader {
     /// Loads every `*.wasm` in `dir`. Fails only when the folder cannot be read; a bad
     /// handler is recorded in [`PluginSet::errors`] and skipped.
     pub fn load_dir(&self, dir: &Path) -> anyhow::Result<PluginSet> {
-        let mut files = wasm_files(dir)?;
-        files.sort();
+        let files = wasm_files(dir)?;
         let mut set = PluginSet::default();
         for file in files {
             match self.load_file(&file) {
@@ -319,14 +318,17 @@ fn read_env_file(path: &Path) -> Result<Vec<(String, String)>, String> {
         .collect())
 }
 
-fn wasm_files(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+/// The `*.wasm` files of a folder, sorted by name.
+pub fn wasm_files(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     let entries = std::fs::read_dir(dir)
         .map_err(|e| anyhow::anyhow!("cannot read the plugins folder {}: {e}", dir.display()))?;
-    Ok(entries
+    let mut files: Vec<PathBuf> = entries
         .filter_map(Result::ok)
         .map(|entry| entry.path())
         .filter(|path| path.extension().is_some_and(|ext| ext == "wasm") && path.is_file())
-        .collect())
+        .collect();
+    files.sort();
+    Ok(files)
 }
 
 /// Tells a component from a core module (a common mistake) from anything else.

@@ -499,8 +499,3 @@ fn check(expect: &Expect, report: &Report) -> Vec<String> {
     }
     failures
 }
-
-/// How long a case file run took, for the summary line.
-pub fn elapsed_ms(since: std::time::Instant) -> u64 {
-    u64::try_from(since.elapsed().as_millis()).unwrap_or(u64::MAX)
-}

@@ -8,14 +8,14 @@
 use std::path::Path;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension as _, Transaction, params};
 use serde::Serialize;
 use serde_json::Value;
 
 use super::{Action, Delivered, Enqueued, Message, NewJob, Queue, QueueError, Settlement};
-use crate::clock::{Clock, SystemClock, from_ms, to_ms};
+use crate::clock::{Clock, SystemClock, to_ms};
 use crate::envelope::Envelope;
 
 /// The schema version this build writes; older files are migrated, newer ones refused.
@@ -669,16 +669,6 @@ fn to_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<JobRecord> {
         updated_at: row.get(18)?,
         finished_at: row.get(19)?,
     })
-}
-
-/// A run-at time for a delay from the queue's clock.
-pub fn run_at_after(clock: &dyn Clock, delay: Duration) -> SystemTime {
-    clock.now() + delay
-}
-
-/// Milliseconds since the epoch as a time (re-exported for callers formatting records).
-pub fn time_of(ms: i64) -> SystemTime {
-    from_ms(ms)
 }
 
 impl Queue for SqliteQueue {
