@@ -55,6 +55,21 @@ pub enum Command {
     Stats(DbArgs),
     /// Run the `NAME.cases.json` case files of a handlers folder.
     Test(TestArgs),
+    /// Create a handler project (WIT, build script, cases, README) in a new folder.
+    New(NewArgs),
+}
+
+/// `jobhost new`.
+#[derive(Debug, Args)]
+pub struct NewArgs {
+    /// The handler's job name (lowercase letters, digits and `-`), also the folder name.
+    pub name: String,
+    /// The language of the handler.
+    #[arg(long, value_enum)]
+    pub lang: crate::scaffold::Language,
+    /// Where to create the project (default: `./NAME`).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
 }
 
 /// `jobhost test`.

@@ -26,6 +26,7 @@ pub mod queue;
 pub mod request;
 pub mod retry;
 pub mod runner;
+pub mod scaffold;
 pub mod schedule;
 pub mod schema;
 pub mod serve;

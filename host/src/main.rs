@@ -2,12 +2,15 @@
 
 mod admin;
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::Parser as _;
-use jobhost::cli::{Cli, Command, CompileArgs, ExecArgs, InspectArgs, LogFormat, TestArgs};
+use jobhost::cli::{
+    Cli, Command, CompileArgs, ExecArgs, InspectArgs, LogFormat, NewArgs, TestArgs,
+};
 use jobhost::config::DEFAULT_CACHE_DIR_NAME;
 use jobhost::{ArtifactCache, Delivery, EngineOptions, Envelope, JobEngine, Loader};
 
@@ -29,6 +32,7 @@ fn main() -> ExitCode {
         Command::Dlq(command) => admin::dlq(command),
         Command::Stats(db) => admin::stats(db),
         Command::Test(args) => test_cases(args),
+        Command::New(args) => new_project(args),
     };
     result.unwrap_or_else(|error| {
         eprintln!("error: {error:#}");
@@ -140,6 +144,19 @@ fn inspect(args: InspectArgs) -> anyhow::Result<ExitCode> {
             if cached { "yes" } else { "no" }
         );
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn new_project(args: NewArgs) -> anyhow::Result<ExitCode> {
+    let dir = args.dir.unwrap_or_else(|| PathBuf::from(&args.name));
+    let files = jobhost::scaffold::create(&dir, &args.name, args.lang)?;
+    for file in &files {
+        println!("created {}", file.display());
+    }
+    println!(
+        "\nnext:\n  cd {}\n  ./build.sh\n  jobhost test .",
+        dir.display()
+    );
     Ok(ExitCode::SUCCESS)
 }
 

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
+use jobhost::testing::Harness;
 use jobhost::{Dispatcher, HostConfig, Outcome, Reason};
 use jobhost_tests::{run_job, shared_cache_dir};
 use serde_json::{Value, json};
@@ -79,39 +80,39 @@ fn thumbnail_shrinks_a_png_and_refuses_garbage() -> anyhow::Result<()> {
 
 #[test]
 fn report_summarizes_columns_with_progress() -> anyhow::Result<()> {
-    let dispatcher = examples()?;
+    let harness = Harness::from_dispatcher(examples()?);
     let csv = "city,sales,units\nOslo,120.5,3\nLima,80,\nOslo,10,1\n";
-    let report = run_job(
-        &dispatcher,
-        "report",
-        json!({"csv": csv, "progress_every": 1}),
-        1,
-    );
-    let out = output(&report.outcome)?;
-    assert_eq!(out["rows"], 3);
-    assert_eq!(out["columns"]["sales"]["sum"], 210.5);
-    assert_eq!(out["columns"]["sales"]["min"], 10.0);
-    assert_eq!(out["columns"]["units"]["empty"], 1);
-    assert_eq!(out["columns"]["city"]["numeric"], 0);
-    assert_eq!(report.progress.len(), 4);
-    assert_eq!((report.progress[1].done, report.progress[1].total), (2, 3));
+    let run = harness
+        .job("report", json!({"csv": csv, "progress_every": 1}))
+        .run();
+    run.assert_done().assert_output_includes(json!({
+        "rows": 3,
+        "columns": {
+            "sales": {"sum": 210.5, "min": 10.0},
+            "units": {"empty": 1},
+            "city": {"numeric": 0},
+        },
+    }));
+    let progress = &run.0.progress;
+    assert_eq!(progress.len(), 4);
+    assert_eq!((progress[1].done, progress[1].total), (2, 3));
     Ok(())
 }
 
 #[test]
 fn fan_out_enqueues_one_child_per_payload() -> anyhow::Result<()> {
-    let dispatcher = examples()?;
+    let harness = Harness::from_dispatcher(examples()?);
     let payloads = json!([{"csv": "a\n1"}, {"csv": "b\n2"}, {"csv": "c\n3"}]);
-    let report = run_job(
-        &dispatcher,
-        "fan-out",
-        json!({"job": "report", "payloads": payloads, "unique": true}),
-        1,
-    );
-    let out = output(&report.outcome)?;
-    assert_eq!(report.enqueued.len(), 3);
+    let run = harness
+        .job(
+            "fan-out",
+            json!({"job": "report", "payloads": payloads, "unique": true}),
+        )
+        .run();
+    run.assert_done().assert_enqueued(3);
+    let report = &run.0;
     let ids: Vec<&str> = report.enqueued.iter().map(|c| c.id.as_str()).collect();
-    assert_eq!(out["children"], json!(ids));
+    assert_eq!(run.output()["children"], json!(ids));
     assert_eq!(report.enqueued[2].payload, json!({"csv": "c\n3"}));
     assert_eq!(
         report.enqueued[0].unique_key.as_deref(),
@@ -122,21 +123,27 @@ fn fan_out_enqueues_one_child_per_payload() -> anyhow::Result<()> {
 
 #[test]
 fn flaky_api_retries_with_its_hint_then_succeeds() -> anyhow::Result<()> {
-    let dispatcher = examples()?;
+    let harness = Harness::from_dispatcher(examples()?);
     let call = json!({"url": "https://api.example.invalid", "fail_until_attempt": 3, "retry_after_ms": 1500});
-    let first = run_job(&dispatcher, "flaky-api", call.clone(), 1);
-    match first.outcome {
-        Outcome::Retry { reason, delay, .. } => {
-            assert_eq!((reason, delay.as_millis()), (Reason::Transient, 1500))
-        }
+    let first = harness.job("flaky-api", call.clone()).attempt(1).run();
+    first.assert_retry(Reason::Transient);
+    match first.0.outcome {
+        Outcome::Retry { delay, .. } => assert_eq!(delay.as_millis(), 1500),
         other => anyhow::bail!("expected a retry, got {other:?}"),
     }
-    let third = run_job(&dispatcher, "flaky-api", call, 3);
-    assert_eq!(output(&third.outcome)?["attempt"], 3);
+    harness
+        .job("flaky-api", call)
+        .attempt(3)
+        .run()
+        .assert_done()
+        .assert_output_includes(json!({"attempt": 3}));
     // Its manifest allows 4 attempts: the 4th failure is final.
     let never = json!({"url": "https://api.example.invalid", "fail_until_attempt": 10});
-    let last = run_job(&dispatcher, "flaky-api", never, 4);
-    assert_eq!(last.outcome.kind(), "dead-letter");
+    harness
+        .job("flaky-api", never)
+        .attempt(4)
+        .run()
+        .assert_dead_letter(Reason::Transient);
     Ok(())
 }
 

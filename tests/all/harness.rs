@@ -19,6 +19,19 @@ fn the_examples_pass_their_own_cases() -> anyhow::Result<()> {
         stdout.matches("\nok ").count() + usize::from(stdout.starts_with("ok ")) >= 10,
         "{stdout}"
     );
+    // Rust, JavaScript (notify), Python (generate-report) and C (checksum) handlers.
+    for file in [
+        "report",
+        "thumbnail",
+        "notify",
+        "generate-report",
+        "checksum",
+    ] {
+        assert!(
+            stdout.contains(&format!("ok    {file}.cases.json > ")),
+            "no passing case of {file}:\n{stdout}"
+        );
+    }
     Ok(())
 }
 

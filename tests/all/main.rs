@@ -11,6 +11,7 @@ mod poison;
 mod process;
 mod queue;
 mod runner;
+mod scaffold;
 
 /// Every fixture guest must have a test of its own name in one of these modules, or this
 /// does not build.

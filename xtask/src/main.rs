@@ -117,12 +117,15 @@ fn build_examples() -> Result<PathBuf> {
         }
     }
     build_js_example(&examples.join("notify-js"), &out)?;
+    let tools = Tools::ensure()?;
+    build_python_example(&tools, &examples.join("generate-report-py"), &out)?;
+    build_c_example(&tools, &examples.join("checksum-c"), &out)?;
     // The archive example's granted folders (relative to the plugins folder).
     for dir in ["archive-in", "archive-out"] {
         std::fs::create_dir_all(out.join(dir)).map_err(|e| e.to_string())?;
     }
     eprintln!(
-        "built {} handlers into {}",
+        "built {} Rust, 1 JavaScript, 1 Python and 1 C handlers into {}",
         RUST_EXAMPLES.len(),
         out.display()
     );
@@ -139,12 +142,10 @@ fn build_js_example(dir: &Path, out: &Path) -> Result {
             .current_dir(dir))?;
     }
     let wasm = dir.join("notify.wasm");
-    let fresh = modified(&wasm).is_some_and(|built| {
-        [dir.join("notify.js"), root().join("wit/jobhost.wit")]
-            .iter()
-            .all(|src| modified(src).is_some_and(|m| m <= built))
-    });
-    if !fresh {
+    if !up_to_date(
+        &wasm,
+        &[dir.join("notify.js"), root().join("wit/jobhost.wit")],
+    ) {
         run(Command::new("npm")
             .args(["run", "--silent", "build"])
             .current_dir(dir))?;
@@ -154,6 +155,170 @@ fn build_js_example(dir: &Path, out: &Path) -> Result {
         &dir.join("notify.cases.json"),
         &out.join("notify.cases.json"),
     )
+}
+
+/// The pinned tools for the Python and C examples, installed once into a cache folder
+/// (`JOBHOST_TOOLS`, default `~/.cache/jobhost/tools`) that later runs reuse.
+struct Tools {
+    /// `componentize-py`, in a venv made from `examples/generate-report-py/requirements.txt`.
+    componentize_py: PathBuf,
+    /// `wit-bindgen` (C bindings) and `wasm-tools` (component new), from crates.io.
+    wit_bindgen: PathBuf,
+    wasm_tools: PathBuf,
+    /// The WASI preview-1 reactor adapter of the host's wasmtime version (for wasi-libc).
+    wasi_adapter: PathBuf,
+}
+
+const WIT_BINDGEN_CLI: &str = "wit-bindgen-cli@0.57.1";
+const WASM_TOOLS: &str = "wasm-tools@1.263.0";
+/// Debian packages for the C example: clang and wasm-ld 14, wasi-libc, jsmn (JSON tokens).
+const APT_PACKAGES: &[&str] = &[
+    "clang",
+    "lld",
+    "wasi-libc",
+    "libclang-rt-dev-wasm32",
+    "libjsmn-dev",
+];
+
+impl Tools {
+    fn dir() -> PathBuf {
+        if let Some(dir) = std::env::var_os("JOBHOST_TOOLS") {
+            return PathBuf::from(dir);
+        }
+        let home = std::env::var_os("HOME").map_or_else(|| root().join("target"), PathBuf::from);
+        home.join(".cache/jobhost/tools")
+    }
+
+    fn ensure() -> Result<Tools> {
+        let dir = Self::dir();
+        let stamp = |name: &str| dir.join(format!("{}.installed", name.replace('@', "-")));
+        let bin = dir.join("bin");
+        for krate in [WIT_BINDGEN_CLI, WASM_TOOLS] {
+            if !stamp(krate).is_file() {
+                run(cargo()
+                    .args(["install", "--locked", "--root"])
+                    .arg(&dir)
+                    .arg(krate))?;
+                write(&stamp(krate), "")?;
+            }
+        }
+        let requirements = root().join("examples/generate-report-py/requirements.txt");
+        let venv = dir.join("py");
+        let wanted = read(&requirements)?;
+        if read(&venv.join("installed.txt")).ok().as_deref() != Some(wanted.as_str()) {
+            run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
+            run(Command::new(venv.join("bin/pip"))
+                .args(["install", "--quiet", "--disable-pip-version-check", "-r"])
+                .arg(&requirements))?;
+            write(&venv.join("installed.txt"), &wanted)?;
+        }
+        let c_ready = Path::new("/usr/include/wasm32-wasi/stdlib.h").is_file()
+            && Path::new("/usr/include/jsmn.h").is_file()
+            && Command::new("clang").arg("--version").output().is_ok()
+            && Command::new("wasm-ld").arg("--version").output().is_ok();
+        if !c_ready {
+            let sudo = !Command::new("id")
+                .arg("-u")
+                .output()
+                .is_ok_and(|o| o.stdout.starts_with(b"0"));
+            let apt = |args: &[&str]| {
+                let mut command = Command::new(if sudo { "sudo" } else { "apt-get" });
+                if sudo {
+                    command.arg("apt-get");
+                }
+                command.args(args).env("DEBIAN_FRONTEND", "noninteractive");
+                run(&mut command)
+            };
+            apt(&["update", "-q"])?;
+            let mut args = vec!["install", "-y", "-q", "--no-install-recommends"];
+            args.extend(APT_PACKAGES);
+            apt(&args)?;
+        }
+        let wasi_adapter = dir.join("wasi_snapshot_preview1.reactor.wasm");
+        std::fs::write(
+            &wasi_adapter,
+            wasi_preview1_component_adapter_provider::WASI_SNAPSHOT_PREVIEW1_REACTOR_ADAPTER,
+        )
+        .map_err(|e| format!("write {}: {e}", wasi_adapter.display()))?;
+        Ok(Tools {
+            wasi_adapter,
+            componentize_py: venv.join("bin/componentize-py"),
+            wit_bindgen: bin.join("wit-bindgen"),
+            wasm_tools: bin.join("wasm-tools"),
+        })
+    }
+
+    /// A `PATH` with the tools first, for build scripts that call them by name.
+    fn path(&self) -> std::ffi::OsString {
+        let mut dirs = vec![Self::dir().join("bin"), Self::dir().join("py/bin")];
+        dirs.extend(std::env::split_paths(
+            &std::env::var_os("PATH").unwrap_or_default(),
+        ));
+        std::env::join_paths(dirs).unwrap_or_default()
+    }
+}
+
+/// Is `output` newer than every one of `inputs`?
+fn up_to_date(output: &Path, inputs: &[PathBuf]) -> bool {
+    modified(output).is_some_and(|built| {
+        inputs
+            .iter()
+            .all(|src| modified(src).is_some_and(|m| m <= built))
+    })
+}
+
+/// Builds the Python example with componentize-py (a ~18 MB component; the host
+/// compiles it once into its cache).
+fn build_python_example(tools: &Tools, dir: &Path, out: &Path) -> Result {
+    let wasm = dir.join("generate-report.wasm");
+    if !up_to_date(&wasm, &[dir.join("app.py"), root().join("wit/jobhost.wit")]) {
+        run(Command::new(&tools.componentize_py)
+            .arg("-d")
+            .arg(root().join("wit"))
+            .args(["-w", "job-plugin", "componentize", "app", "-o"])
+            .arg(&wasm)
+            .current_dir(dir))?;
+    }
+    copy(&wasm, &out.join("generate-report.wasm"))?;
+    copy(
+        &dir.join("generate-report.cases.json"),
+        &out.join("generate-report.cases.json"),
+    )
+}
+
+/// Builds the C example with its own `build.sh` (wit-bindgen c, clang, wasm-tools).
+fn build_c_example(tools: &Tools, dir: &Path, out: &Path) -> Result {
+    let wasm = dir.join("checksum.wasm");
+    let inputs = [
+        dir.join("checksum.c"),
+        dir.join("build.sh"),
+        root().join("wit/jobhost.wit"),
+    ];
+    if !up_to_date(&wasm, &inputs) {
+        run(Command::new("sh")
+            .arg("build.sh")
+            .env("PATH", tools.path())
+            .env("WIT_BINDGEN", &tools.wit_bindgen)
+            .env("WASM_TOOLS", &tools.wasm_tools)
+            .env("WASI_ADAPTER", &tools.wasi_adapter)
+            .current_dir(dir))?;
+    }
+    copy(&wasm, &out.join("checksum.wasm"))?;
+    copy(
+        &dir.join("checksum.cases.json"),
+        &out.join("checksum.cases.json"),
+    )
+}
+
+fn read(path: &Path) -> Result<String> {
+    std::fs::read_to_string(path).map_err(|e| format!("read {}: {e}", path.display()))
+}
+
+fn write(path: &Path, text: &str) -> Result {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| e.to_string())?;
+    }
+    std::fs::write(path, text).map_err(|e| format!("write {}: {e}", path.display()))
 }
 
 fn modified(path: &Path) -> Option<std::time::SystemTime> {
