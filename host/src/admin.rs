@@ -11,12 +11,38 @@ use jobhost::queue::Enqueued;
 use jobhost::queue::sqlite::{CancelResult, JobRecord, Retention, SqliteQueue};
 use jobhost::request::{JobRequest, RequestError};
 use jobhost::runner::Termination;
-use jobhost::serve::{ServeOptions, serve};
+use jobhost::serve::{ServeOptions, SqsServeOptions, serve, serve_sqs};
 
 use crate::{EXIT_NOT_DONE, EXIT_USAGE};
 
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
+    let summary = match args.queue.sqs() {
+        Some(queue) => {
+            anyhow::ensure!(
+                args.http.is_none(),
+                "--http serves the embedded queue; on SQS, send messages to the queue"
+            );
+            serve_sqs(
+                &args.host.config(),
+                SqsServeOptions {
+                    queue,
+                    dlq_url: args.queue.dlq_url.clone(),
+                    wait: args.queue.sqs_wait,
+                    max_hide: args.queue.sqs_max_hide,
+                    concurrency: args.concurrency,
+                    drain: args.drain,
+                    grace: args.grace,
+                },
+            )?
+        }
+        None => run_sqlite(&args)?,
+    };
+    print_summary(&summary, started);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run_sqlite(args: &RunArgs) -> anyhow::Result<jobhost::runner::RunSummary> {
     let options = ServeOptions {
         db: args.db.db.clone(),
         concurrency: args.concurrency,
@@ -29,7 +55,10 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             max_age: args.retain_done_for,
         },
     };
-    let summary = serve(&args.host.config(), options)?;
+    serve(&args.host.config(), options)
+}
+
+fn print_summary(summary: &jobhost::runner::RunSummary, started: Instant) {
     let (termination, released, unfinished) = match summary.termination {
         Termination::Drained => ("drained", 0, 0),
         Termination::Shutdown {
@@ -49,7 +78,6 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             "elapsed_ms": started.elapsed().as_millis() as u64,
         })
     );
-    Ok(ExitCode::SUCCESS)
 }
 
 fn open(db: &DbArgs) -> anyhow::Result<SqliteQueue> {
@@ -61,12 +89,11 @@ pub fn enqueue(args: EnqueueArgs) -> anyhow::Result<ExitCode> {
         Some(dir) => Some(HostConfig::new(dir).start()?),
         None => None,
     };
-    let queue = open(&args.db)?;
     let requests = match &args.file {
         Some(path) => read_requests(path)?,
         None => vec![single_request(&args)?],
     };
-    let now = queue.clock().now();
+    let now = std::time::SystemTime::now();
     let mut jobs = Vec::with_capacity(requests.len());
     let mut rejected = 0;
     for (line, request) in requests.into_iter().enumerate() {
@@ -82,6 +109,13 @@ pub fn enqueue(args: EnqueueArgs) -> anyhow::Result<ExitCode> {
         eprintln!("nothing enqueued: {rejected} job(s) rejected");
         return Ok(ExitCode::from(EXIT_USAGE));
     }
+    if let Some(queue) = args.queue.sqs() {
+        for job in &mut jobs {
+            job.group = args.group.clone();
+        }
+        return enqueue_sqs(&args, &queue, jobs);
+    }
+    let queue = open(&args.db)?;
     for enqueued in queue.enqueue_now(&jobs)? {
         match enqueued {
             Enqueued::Created(id) => println!("{id}"),
@@ -90,6 +124,33 @@ pub fn enqueue(args: EnqueueArgs) -> anyhow::Result<ExitCode> {
                 println!("{id}");
             }
         }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn enqueue_sqs(
+    args: &EnqueueArgs,
+    queue: &str,
+    jobs: Vec<jobhost::queue::NewJob>,
+) -> anyhow::Result<ExitCode> {
+    use jobhost::queue::Queue as _;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let ids = runtime.block_on(async {
+        let queue = jobhost::serve::connect_sqs(
+            queue,
+            args.queue.dlq_url.clone(),
+            args.queue.sqs_wait,
+            args.queue.sqs_max_hide,
+            1,
+            false,
+        )
+        .await?;
+        anyhow::Ok(queue.enqueue(jobs).await?)
+    })?;
+    for id in ids {
+        println!("{}", id.id());
     }
     Ok(ExitCode::SUCCESS)
 }

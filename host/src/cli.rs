@@ -57,6 +57,58 @@ pub enum Command {
     Test(TestArgs),
     /// Create a handler project (WIT, build script, cases, README) in a new folder.
     New(NewArgs),
+    /// Run as an AWS Lambda function (also when `AWS_LAMBDA_RUNTIME_API` is set): SQS
+    /// batches and direct `{"job", "payload"}` invocations.
+    Lambda(LambdaArgs),
+    /// Write the Lambda layer and handlers zips (`dist/jobhost-layer-ARCH.zip`,
+    /// `dist/handlers-ARCH.zip` with precompiled artifacts).
+    Package(PackageArgs),
+}
+
+/// `jobhost lambda`.
+#[derive(Debug, Args)]
+pub struct LambdaArgs {
+    /// The handlers folder (default: `/var/task/handlers`, else `/opt/handlers`).
+    #[arg(long, env = "JOBHOST_PLUGINS")]
+    pub plugins: Option<PathBuf>,
+    /// The dead-letter queue URL for jobs that fail for good (default: the source
+    /// queue's RedrivePolicy target).
+    #[arg(long, env = "JOBHOST_DLQ_URL")]
+    pub dlq_url: Option<String>,
+    /// Records run at once.
+    #[arg(long, env = "JOBHOST_CONCURRENCY")]
+    pub concurrency: Option<usize>,
+    /// Time kept back from each job's deadline before the invocation's own.
+    #[arg(long, env = "JOBHOST_DEADLINE_MARGIN", default_value = "500ms", value_parser = crate::request::parse_delay)]
+    pub margin: std::time::Duration,
+}
+
+/// Target architectures of `jobhost package`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Arch {
+    /// x86_64 (`x86_64-unknown-linux-gnu`).
+    #[value(name = "x86_64")]
+    X86_64,
+    /// arm64 / Graviton (`aarch64-unknown-linux-gnu`).
+    Arm64,
+}
+
+/// `jobhost package`.
+#[derive(Debug, Args)]
+pub struct PackageArgs {
+    /// The handlers folder to package.
+    #[arg(long, env = "JOBHOST_PLUGINS", default_value = "./handlers")]
+    pub plugins: PathBuf,
+    /// Where to write the zips.
+    #[arg(long, default_value = "dist")]
+    pub out: PathBuf,
+    /// The Lambda architecture.
+    #[arg(long, value_enum, default_value_t = Arch::X86_64)]
+    pub arch: Arch,
+    /// The `bootstrap` binary for that architecture (default: this binary, when it is
+    /// built for it).
+    #[arg(long)]
+    pub bootstrap: Option<PathBuf>,
 }
 
 /// `jobhost new`.
@@ -93,6 +145,41 @@ pub struct DbArgs {
     pub db: PathBuf,
 }
 
+/// Which queue: the embedded SQLite file (default) or SQS.
+#[derive(Clone, Debug, Args)]
+pub struct QueueArgs {
+    /// The queue: `sqs://NAME` (its URL is looked up), an SQS queue URL
+    /// (`https://sqs.REGION.amazonaws.com/ACCOUNT/NAME`), or `sqlite` (the `--db` file).
+    #[arg(long, env = "JOBHOST_QUEUE", default_value = "sqlite")]
+    pub queue: String,
+    /// The SQS queue URL (the same as `--queue URL`).
+    #[arg(long, env = "JOBHOST_SQS_URL")]
+    pub sqs_url: Option<String>,
+    /// The SQS dead-letter queue URL (default: the queue's RedrivePolicy target).
+    #[arg(long, env = "JOBHOST_DLQ_URL")]
+    pub dlq_url: Option<String>,
+    /// SQS long-polling wait per receive call (at most 20s).
+    #[arg(long, env = "JOBHOST_SQS_WAIT", default_value = "20s", value_parser = crate::request::parse_delay)]
+    pub sqs_wait: std::time::Duration,
+    /// The longest an SQS message is hidden in one step of a long delay or backoff (SQS
+    /// allows 12h; shorter values are for tests).
+    #[arg(long, env = "JOBHOST_SQS_MAX_HIDE", default_value = "12h", value_parser = crate::request::parse_delay)]
+    pub sqs_max_hide: std::time::Duration,
+}
+
+impl QueueArgs {
+    /// The SQS queue asked for: `Some(url or sqs://name)`, or `None` for the embedded queue.
+    pub fn sqs(&self) -> Option<String> {
+        if let Some(url) = &self.sqs_url {
+            return Some(url.clone());
+        }
+        match self.queue.as_str() {
+            "sqlite" | "" => None,
+            other => Some(other.to_string()),
+        }
+    }
+}
+
 /// `jobhost run`.
 #[derive(Debug, Args)]
 pub struct RunArgs {
@@ -102,6 +189,9 @@ pub struct RunArgs {
     /// The queue file.
     #[command(flatten)]
     pub db: DbArgs,
+    /// The queue.
+    #[command(flatten)]
+    pub queue: QueueArgs,
     /// Jobs running at once (default: two per core).
     #[arg(long, env = "JOBHOST_CONCURRENCY")]
     pub concurrency: Option<usize>,
@@ -132,6 +222,12 @@ pub struct EnqueueArgs {
     /// The queue file.
     #[command(flatten)]
     pub db: DbArgs,
+    /// The queue.
+    #[command(flatten)]
+    pub queue: QueueArgs,
+    /// The ordering group on an SQS FIFO queue (default: the job name).
+    #[arg(long)]
+    pub group: Option<String>,
     /// Check payloads against the handlers of this folder first.
     #[arg(long, env = "JOBHOST_PLUGINS")]
     pub plugins: Option<PathBuf>,

@@ -17,6 +17,7 @@ pub mod engine;
 pub mod envelope;
 mod execute;
 pub mod http;
+pub mod lambda;
 pub mod limits;
 pub mod manifest;
 pub mod outbound_http;

@@ -1,6 +1,8 @@
 //! The `jobhost` binary.
 
 mod admin;
+mod lambda_main;
+mod package;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -20,7 +22,14 @@ pub(crate) const EXIT_NOT_DONE: u8 = 1;
 pub(crate) const EXIT_USAGE: u8 = 2;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // As a Lambda custom runtime's `bootstrap`, the binary is started without arguments.
+    let lambda =
+        std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some() && std::env::args().len() == 1;
+    let cli = if lambda {
+        Cli::parse_from(["jobhost", "lambda"])
+    } else {
+        Cli::parse()
+    };
     init_tracing(cli.log_format, &cli.log);
     let result = match cli.command {
         Command::Exec(args) => exec(args),
@@ -33,6 +42,8 @@ fn main() -> ExitCode {
         Command::Stats(db) => admin::stats(db),
         Command::Test(args) => test_cases(args),
         Command::New(args) => new_project(args),
+        Command::Lambda(args) => lambda_main::run(args),
+        Command::Package(args) => package::run(args),
     };
     result.unwrap_or_else(|error| {
         eprintln!("error: {error:#}");

@@ -1,6 +1,11 @@
 //! The poller: written once over [`Queue`], it claims batches, runs each job on a worker
 //! thread through [`Dispatcher`], and settles the outcomes in batches.
 //!
+//! While a job runs its lease is renewed (every third of the lease, through
+//! [`Queue::extend`]), so a job may run longer than the lease; deliveries of one ordering
+//! group (SQS FIFO) run in order on one worker, and a failure gives the rest of the group
+//! back unstarted.
+//!
 //! The loop never ends on a bad message or a failed queue call: those are logged and
 //! retried with backoff. It ends only by draining (`--drain`) or shutting down, and says
 //! which in its [`Termination`]. Main types: [`RunOptions`], [`Runner`], [`RunSummary`].
@@ -25,6 +30,11 @@ const MAX_SETTLE_BATCH: usize = 512;
 const IDLE_POLL_MAX: Duration = Duration::from_millis(100);
 /// The longest backoff after a failed queue call.
 const ERROR_BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// The shortest interval between lease renewals.
+const MIN_RENEW_INTERVAL: Duration = Duration::from_millis(300);
+
+/// Deliveries received and not yet settled, by receipt: their leases are renewed.
+type Leased = Arc<Mutex<HashMap<String, Delivered>>>;
 
 /// How the runner behaves.
 #[derive(Clone, Debug)]
@@ -33,7 +43,7 @@ pub struct RunOptions {
     pub concurrency: usize,
     /// Deliveries claimed ahead of free workers, so workers never wait for a claim.
     pub prefetch: usize,
-    /// How long a claim is leased; must exceed the longest job plus its wait.
+    /// How long a claim is leased; renewed every third of it while the job waits or runs.
     pub lease: Duration,
     /// Exit once nothing is due or running.
     pub drain: bool,
@@ -170,8 +180,9 @@ impl<Q: Queue> Runner<Q> {
         let counters = Arc::new(Counters::default());
         let stopping = Arc::new(AtomicBool::new(false));
         let capacity = Arc::new(Notify::new());
-        let (jobs_tx, jobs_rx) = crossbeam_channel::unbounded::<Delivered>();
+        let (jobs_tx, jobs_rx) = crossbeam_channel::unbounded::<Vec<Delivered>>();
         let (results_tx, results_rx) = mpsc::unbounded_channel::<WorkerResult>();
+        let leased: Leased = Arc::default();
         let workers = self.start_workers(jobs_rx, results_tx, stopping.clone());
         let settler = tokio::spawn(settle_loop(
             self.queue.clone(),
@@ -179,15 +190,22 @@ impl<Q: Queue> Runner<Q> {
             counters.clone(),
             capacity.clone(),
             self.settled.clone(),
+            leased.clone(),
+        ));
+        let renewer = tokio::spawn(renew_leases(
+            self.queue.clone(),
+            leased.clone(),
+            self.options.lease,
         ));
         let termination = self
-            .poll_loop(&jobs_tx, &counters, &capacity, &mut shutdown)
+            .poll_loop(&jobs_tx, &counters, &capacity, &mut shutdown, &leased)
             .await;
         // Stop: workers finish the job in hand and hand back what they have not started.
         stopping.store(true, Ordering::SeqCst);
         drop(jobs_tx);
         let unfinished = self.join_workers(workers, &counters).await;
         let _ = settler.await;
+        renewer.abort();
         let termination = match termination {
             Termination::Drained => Termination::Drained,
             Termination::Shutdown { .. } => Termination::Shutdown {
@@ -205,10 +223,11 @@ impl<Q: Queue> Runner<Q> {
 
     async fn poll_loop(
         &self,
-        jobs: &crossbeam_channel::Sender<Delivered>,
+        jobs: &crossbeam_channel::Sender<Vec<Delivered>>,
         counters: &Counters,
         capacity: &Notify,
         shutdown: &mut watch::Receiver<bool>,
+        leased: &Leased,
     ) -> Termination {
         let max_in_flight = self.options.concurrency + self.options.prefetch;
         let mut idle = Duration::from_millis(1);
@@ -229,7 +248,13 @@ impl<Q: Queue> Runner<Q> {
                 }
                 continue;
             }
-            match self.queue.receive(room, self.options.lease).await {
+            // A long poll (SQS) gives way to a shutdown; what it would have received stays
+            // hidden until its visibility ends, then comes back.
+            let received = tokio::select! {
+                received = self.queue.receive(room, self.options.lease) => received,
+                _ = shutdown.changed() => continue,
+            };
+            match received {
                 Ok(batch) if batch.is_empty() => {
                     if self.options.drain
                         && in_flight == 0
@@ -249,9 +274,15 @@ impl<Q: Queue> Runner<Q> {
                     idle = Duration::from_millis(1);
                     error_backoff = Duration::from_millis(100);
                     counters.in_flight.fetch_add(batch.len(), Ordering::SeqCst);
-                    for delivered in batch {
+                    {
+                        let mut leased = leased.lock().unwrap_or_else(|e| e.into_inner());
+                        for delivered in &batch {
+                            leased.insert(delivered.receipt.clone(), delivered.clone());
+                        }
+                    }
+                    for unit in units(batch) {
                         // The receiving side lives until every worker has stopped.
-                        let _ = jobs.send(delivered);
+                        let _ = jobs.send(unit);
                     }
                 }
                 Err(error) => {
@@ -268,7 +299,7 @@ impl<Q: Queue> Runner<Q> {
 
     fn start_workers(
         &self,
-        jobs: crossbeam_channel::Receiver<Delivered>,
+        jobs: crossbeam_channel::Receiver<Vec<Delivered>>,
         results: mpsc::UnboundedSender<WorkerResult>,
         stopping: Arc<AtomicBool>,
     ) -> Vec<JoinHandle<()>> {
@@ -330,8 +361,49 @@ impl<Q: Queue> Runner<Q> {
     }
 }
 
+/// Splits a batch into units a worker runs in order: one per delivery, except that the
+/// deliveries of one ordering group form one unit, in the order received.
+fn units(batch: Vec<Delivered>) -> Vec<Vec<Delivered>> {
+    let mut units: Vec<Vec<Delivered>> = Vec::with_capacity(batch.len());
+    let mut by_group: HashMap<String, usize> = HashMap::new();
+    for delivered in batch {
+        match delivered.group.clone() {
+            Some(group) => match by_group.get(&group) {
+                Some(&index) => units[index].push(delivered),
+                None => {
+                    by_group.insert(group, units.len());
+                    units.push(vec![delivered]);
+                }
+            },
+            None => units.push(vec![delivered]),
+        }
+    }
+    units
+}
+
+/// Renews the lease of every delivery received and not yet settled, every third of the
+/// lease. A renewal that fails is logged; the next one tries again.
+async fn renew_leases<Q: Queue>(queue: Arc<Q>, leased: Leased, lease: Duration) {
+    let interval = (lease / 3).max(MIN_RENEW_INTERVAL);
+    loop {
+        tokio::time::sleep(interval).await;
+        let due: Vec<Delivered> = leased
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        if due.is_empty() {
+            continue;
+        }
+        if let Err(error) = queue.extend(due, lease).await {
+            tracing::warn!(%error, "lease renewal failed; retrying at the next interval");
+        }
+    }
+}
+
 struct Worker {
-    jobs: crossbeam_channel::Receiver<Delivered>,
+    jobs: crossbeam_channel::Receiver<Vec<Delivered>>,
     results: mpsc::UnboundedSender<WorkerResult>,
     stopping: Arc<AtomicBool>,
     dispatcher: Arc<Dispatcher>,
@@ -341,13 +413,24 @@ struct Worker {
 
 impl Worker {
     fn run(self) {
-        while let Ok(delivered) = self.jobs.recv() {
-            if self.stopping.load(Ordering::SeqCst) {
-                let _ = self.results.send(WorkerResult::Unstarted(delivered));
-                continue;
+        while let Ok(unit) = self.jobs.recv() {
+            let mut unit = unit.into_iter();
+            while let Some(delivered) = unit.next() {
+                if self.stopping.load(Ordering::SeqCst) {
+                    let _ = self.results.send(WorkerResult::Unstarted(delivered));
+                    continue;
+                }
+                let grouped = delivered.group.is_some();
+                let settlement = self.process(delivered);
+                let failed = !matches!(settlement.action, Action::Done { .. });
+                let _ = self.results.send(WorkerResult::Settled(settlement));
+                if failed && grouped {
+                    // Keep the group's order: the rest waits for this one's retry.
+                    for rest in unit.by_ref() {
+                        let _ = self.results.send(WorkerResult::Unstarted(rest));
+                    }
+                }
             }
-            let settlement = self.process(delivered);
-            let _ = self.results.send(WorkerResult::Settled(settlement));
         }
     }
 
@@ -384,6 +467,7 @@ async fn settle_loop<Q: Queue>(
     counters: Arc<Counters>,
     capacity: Arc<Notify>,
     settled_notify: Arc<Notify>,
+    leased: Leased,
 ) {
     while let Some(first) = results.recv().await {
         let mut settled = Vec::new();
@@ -399,6 +483,16 @@ async fn settle_loop<Q: Queue>(
             }
         }
         let count = settled.len() + unstarted.len();
+        {
+            let mut leased = leased.lock().unwrap_or_else(|e| e.into_inner());
+            for receipt in settled
+                .iter()
+                .map(|s| &s.delivered.receipt)
+                .chain(unstarted.iter().map(|d| &d.receipt))
+            {
+                leased.remove(receipt);
+            }
+        }
         tally(&settled, &counters);
         write_settlements(queue.as_ref(), settled).await;
         if !unstarted.is_empty() {

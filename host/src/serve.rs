@@ -40,6 +40,114 @@ pub struct ServeOptions {
     pub retention: Retention,
 }
 
+/// What `jobhost run --queue sqs://…` was asked to do.
+#[derive(Clone, Debug)]
+pub struct SqsServeOptions {
+    /// `sqs://NAME` or a queue URL.
+    pub queue: String,
+    /// The dead-letter queue URL (default: the queue's RedrivePolicy target).
+    pub dlq_url: Option<String>,
+    /// Long-polling wait.
+    pub wait: Duration,
+    /// The longest hop of a hidden message.
+    pub max_hide: Duration,
+    /// Worker threads (default: [`default_concurrency`]).
+    pub concurrency: Option<usize>,
+    /// Exit once the queue is empty and nothing runs.
+    pub drain: bool,
+    /// Grace period for running jobs on shutdown.
+    pub grace: Duration,
+}
+
+/// Resolves `sqs://NAME` to its URL; a URL is returned as is.
+pub async fn resolve_queue_url(
+    client: &aws_sdk_sqs::Client,
+    queue: &str,
+) -> anyhow::Result<String> {
+    match queue.strip_prefix("sqs://") {
+        Some(name) if !name.contains('/') => {
+            Ok(crate::queue::sqs::url_of_name(client, name).await?)
+        }
+        _ if queue.starts_with("http://") || queue.starts_with("https://") => Ok(queue.to_string()),
+        _ => anyhow::bail!("`{queue}` is not a queue: use sqs://NAME, an SQS queue URL, or sqlite"),
+    }
+}
+
+/// Connects to SQS (standard AWS configuration; `AWS_ENDPOINT_URL` honoured).
+pub async fn connect_sqs(
+    queue: &str,
+    dlq_url: Option<String>,
+    wait: Duration,
+    max_hide: Duration,
+    receive_loops: usize,
+    consumer: bool,
+) -> anyhow::Result<crate::queue::sqs::SqsQueue> {
+    use crate::queue::sqs::{SqsOptions, SqsQueue, client_from_env};
+    let client = client_from_env().await;
+    let url = resolve_queue_url(&client, queue).await?;
+    let mut sqs = SqsOptions::new(url);
+    sqs.dlq_url = dlq_url;
+    sqs.wait = wait;
+    sqs.max_hide = max_hide;
+    sqs.receive_loops = receive_loops;
+    let clock = Arc::new(SystemClock);
+    Ok(if consumer {
+        SqsQueue::connect(client, sqs, clock).await?
+    } else {
+        SqsQueue::producer(client, sqs, clock).await?
+    })
+}
+
+/// Runs the host over an SQS queue until drained or signalled.
+pub fn serve_sqs(config: &HostConfig, options: SqsServeOptions) -> anyhow::Result<RunSummary> {
+    let dispatcher = Arc::new(config.start()?);
+    let concurrency = options.concurrency.unwrap_or_else(default_concurrency);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("jobhost-io")
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        // Messages received ahead are hidden from other consumers: keep that few.
+        let prefetch = concurrency.max(10);
+        let loops = (concurrency + prefetch).div_ceil(10).clamp(1, 8);
+        let queue = connect_sqs(
+            &options.queue,
+            options.dlq_url.clone(),
+            options.wait,
+            options.max_hide,
+            loops,
+            true,
+        )
+        .await?;
+        let mut run = RunOptions::new(concurrency, Duration::ZERO);
+        run.prefetch = prefetch;
+        run.lease = queue.visibility_timeout();
+        run.drain = options.drain;
+        run.grace = options.grace;
+        let (stop, stopped) = watch::channel(false);
+        tokio::spawn(watch_signals(stop.clone()));
+        tracing::info!(
+            queue = %options.queue,
+            fifo = queue.is_fifo(),
+            dead_letter_queue = %queue.dead_letter_queue(),
+            visibility_s = run.lease.as_secs(),
+            handlers = dispatcher.plugins().plugins().len(),
+            concurrency,
+            "jobhost running on SQS"
+        );
+        let runner = Runner::new(
+            Arc::new(queue),
+            dispatcher.clone(),
+            Arc::new(SystemClock),
+            run,
+        );
+        let summary = runner.run(stopped).await;
+        let _ = stop.send(true);
+        Ok(summary)
+    })
+}
+
 /// Runs the host until drained or signalled.
 pub fn serve(config: &HostConfig, options: ServeOptions) -> anyhow::Result<RunSummary> {
     let dispatcher = Arc::new(config.start()?);

@@ -106,6 +106,7 @@ impl Queue for MemoryQueue {
                         enqueued_at: None,
                         not_before: None,
                     }),
+                    group: None,
                 });
             }
         }

@@ -1,12 +1,14 @@
 //! Queue backends behind one trait. The runner (`crate::runner`) is written once over
 //! [`Queue`] and turns each outcome into a [`Settlement`].
 //!
-//! Backends: [`sqlite::SqliteQueue`] (embedded, durable, the default) and
-//! [`memory::MemoryQueue`] (unit tests only). Main types: [`Queue`], [`NewJob`],
+//! Backends: [`sqlite::SqliteQueue`] (embedded, durable, the default),
+//! [`sqs::SqsQueue`] (AWS SQS, standard or FIFO) and [`memory::MemoryQueue`] (unit tests
+//! only). Main types: [`Queue`], [`NewJob`],
 //! [`Delivered`], [`Action`], [`Settlement`].
 
 pub mod memory;
 pub mod sqlite;
+pub mod sqs;
 
 use std::future::Future;
 use std::time::{Duration, SystemTime};
@@ -35,6 +37,9 @@ pub struct NewJob {
     pub max_attempts: Option<u32>,
     /// The job that enqueued this one.
     pub parent_id: Option<String>,
+    /// The ordering group (SQS FIFO `MessageGroupId`; default: the job name). Jobs of one
+    /// group run one at a time, in order. Other queues ignore it.
+    pub group: Option<String>,
 }
 
 impl NewJob {
@@ -49,6 +54,7 @@ impl NewJob {
             unique_key: None,
             max_attempts: None,
             parent_id: None,
+            group: None,
         }
     }
 }
@@ -91,6 +97,9 @@ pub struct Delivered {
     pub attempt: u32,
     /// The message.
     pub message: Message,
+    /// Its ordering group (SQS FIFO): deliveries of one group run one at a time, in the
+    /// order received, and a failure gives the rest of the group back unstarted.
+    pub group: Option<String>,
 }
 
 /// The queue action for one delivery.
@@ -142,6 +151,7 @@ impl Action {
                         unique_key: child.unique_key.clone(),
                         max_attempts: None,
                         parent_id: Some(report.job_id.clone()),
+                        group: None,
                     })
                     .collect(),
             },

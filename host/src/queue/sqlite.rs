@@ -636,6 +636,7 @@ fn to_delivered(
         id,
         attempt,
         message,
+        group: None,
     }
 }
 

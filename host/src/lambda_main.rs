@@ -1,0 +1,68 @@
+//! `jobhost lambda`: the binary as a Lambda custom runtime (`bootstrap`).
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Instant;
+
+use jobhost::HostConfig;
+use jobhost::cli::LambdaArgs;
+use jobhost::lambda::{LambdaHost, lambda_engine_options, native_triple, plugins_dir};
+
+/// What the Lambda service sets for a function (the runtime client needs them all).
+const LAMBDA_ENV: [&str; 4] = [
+    "AWS_LAMBDA_RUNTIME_API",
+    "AWS_LAMBDA_FUNCTION_NAME",
+    "AWS_LAMBDA_FUNCTION_MEMORY_SIZE",
+    "AWS_LAMBDA_FUNCTION_VERSION",
+];
+
+pub fn run(args: LambdaArgs) -> anyhow::Result<ExitCode> {
+    let started = Instant::now();
+    let missing: Vec<&str> = LAMBDA_ENV
+        .into_iter()
+        .filter(|name| std::env::var_os(name).is_none())
+        .collect();
+    anyhow::ensure!(
+        missing.is_empty(),
+        "not in a Lambda environment: {} not set (Lambda sets them; with an emulator such as \
+         `cargo lambda watch --only-lambda-apis`, set them as it says)",
+        missing.join(", ")
+    );
+    let mut config = HostConfig::new(plugins_dir(args.plugins.clone()));
+    config.engine = lambda_engine_options(native_triple());
+    let dispatcher = Arc::new(config.start()?);
+    let precompiled = dispatcher
+        .plugins()
+        .plugins()
+        .iter()
+        .filter(|p| p.artifact == jobhost::ArtifactSource::Cached)
+        .count();
+    let concurrency = args
+        .concurrency
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get() * 2));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let client = jobhost::queue::sqs::client_from_env().await;
+        let host = Arc::new(LambdaHost::new(
+            dispatcher.clone(),
+            client,
+            args.dlq_url.clone(),
+            concurrency,
+            args.margin,
+        ));
+        tracing::info!(
+            plugins = %config.plugins_dir.display(),
+            handlers = dispatcher.plugins().plugins().len(),
+            precompiled,
+            init_ms = started.elapsed().as_secs_f64() * 1000.0,
+            "jobhost Lambda runtime ready"
+        );
+        jobhost::lambda::run(host)
+            .await
+            .map_err(|e| anyhow::anyhow!("the Lambda runtime stopped: {e}"))
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
