@@ -268,3 +268,220 @@ fn serve_one(stream: std::net::TcpStream, log: &std::sync::Mutex<Vec<Received>>)
     let _ = stream.write_all(head.as_bytes());
     let _ = stream.write_all(&reply);
 }
+
+/// SQS against the moto server that `cargo xtask test` starts (its endpoint in
+/// `JOBHOST_TEST_SQS_ENDPOINT`), with dummy credentials and a fixed region.
+pub mod sqs {
+    use std::collections::HashMap;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use aws_sdk_sqs::Client;
+    use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
+
+    /// The dummy AWS environment every test process gets.
+    pub const AWS_ENV: [(&str, &str); 5] = [
+        ("AWS_ACCESS_KEY_ID", "testing"),
+        ("AWS_SECRET_ACCESS_KEY", "testing"),
+        ("AWS_REGION", "us-east-1"),
+        ("AWS_EC2_METADATA_DISABLED", "true"),
+        ("AWS_SESSION_TOKEN", "testing"),
+    ];
+
+    /// moto's endpoint, or an error that says how to get one.
+    pub fn endpoint() -> anyhow::Result<String> {
+        std::env::var("JOBHOST_TEST_SQS_ENDPOINT").map_err(|_| {
+            anyhow::anyhow!(
+                "JOBHOST_TEST_SQS_ENDPOINT is not set: run the tests with `cargo xtask test`, \
+                 which starts moto_server on 127.0.0.1"
+            )
+        })
+    }
+
+    /// Sets the dummy AWS environment and the endpoint on a command.
+    pub fn aws_env(command: &mut std::process::Command) -> anyhow::Result<()> {
+        command.envs(AWS_ENV).env("AWS_ENDPOINT_URL", endpoint()?);
+        Ok(())
+    }
+
+    /// A client for moto.
+    pub async fn client() -> anyhow::Result<Client> {
+        let endpoint = endpoint()?;
+        let credentials =
+            aws_sdk_sqs::config::Credentials::new("testing", "testing", None, None, "tests");
+        let config = aws_sdk_sqs::Config::builder()
+            .behavior_version(aws_sdk_sqs::config::BehaviorVersion::latest())
+            .region(aws_sdk_sqs::config::Region::new("us-east-1"))
+            .credentials_provider(credentials)
+            .endpoint_url(endpoint)
+            .build();
+        Ok(Client::from_conf(config))
+    }
+
+    /// A queue and its dead-letter queue, with unique names.
+    #[derive(Clone, Debug)]
+    pub struct QueuePair {
+        /// The queue's URL.
+        pub url: String,
+        /// The queue's ARN.
+        pub arn: String,
+        /// The dead-letter queue's URL.
+        pub dlq_url: String,
+    }
+
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+
+    async fn create(
+        client: &Client,
+        name: &str,
+        attrs: Vec<(QueueAttributeName, String)>,
+    ) -> anyhow::Result<(String, String)> {
+        let mut request = client.create_queue().queue_name(name);
+        for (key, value) in attrs {
+            request = request.attributes(key, value);
+        }
+        let url = request.send().await?.queue_url.unwrap_or_default();
+        let arn = client
+            .get_queue_attributes()
+            .queue_url(&url)
+            .attribute_names(QueueAttributeName::QueueArn)
+            .send()
+            .await?
+            .attributes
+            .unwrap_or_default()
+            .remove(&QueueAttributeName::QueueArn)
+            .unwrap_or_default();
+        Ok((url, arn))
+    }
+
+    /// Creates `PREFIX-N` with visibility `visibility_s` and a dead-letter queue named in
+    /// its RedrivePolicy (maxReceiveCount 100, so moto never moves messages itself).
+    pub async fn queue_pair(
+        client: &Client,
+        prefix: &str,
+        visibility_s: u32,
+        fifo: bool,
+    ) -> anyhow::Result<QueuePair> {
+        let n = NEXT.fetch_add(1, Ordering::SeqCst);
+        let suffix = if fifo { ".fifo" } else { "" };
+        let base = format!("{prefix}-{}-{n}", std::process::id());
+        let mut fifo_attrs = Vec::new();
+        if fifo {
+            fifo_attrs.push((QueueAttributeName::FifoQueue, "true".to_string()));
+        }
+        let (dlq_url, dlq_arn) =
+            create(client, &format!("{base}-dlq{suffix}"), fifo_attrs.clone()).await?;
+        let mut attrs = fifo_attrs;
+        attrs.push((
+            QueueAttributeName::VisibilityTimeout,
+            visibility_s.to_string(),
+        ));
+        attrs.push((
+            QueueAttributeName::RedrivePolicy,
+            serde_json::json!({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": "100"})
+                .to_string(),
+        ));
+        let (url, arn) = create(client, &format!("{base}{suffix}"), attrs).await?;
+        Ok(QueuePair { url, arn, dlq_url })
+    }
+
+    /// One received message: body, message attributes (string values) and system attributes.
+    #[derive(Clone, Debug)]
+    pub struct Received {
+        /// The message id.
+        pub id: String,
+        /// The receipt handle.
+        pub receipt: String,
+        /// The body.
+        pub body: String,
+        /// Message attributes, as strings.
+        pub attributes: HashMap<String, String>,
+        /// System attributes (ApproximateReceiveCount, ...).
+        pub system: HashMap<String, String>,
+    }
+
+    /// Receives whatever is visible (several calls, short waits), without deleting it.
+    pub async fn receive_all(client: &Client, url: &str) -> anyhow::Result<Vec<Received>> {
+        let mut out = Vec::new();
+        for _ in 0..20 {
+            let batch = client
+                .receive_message()
+                .queue_url(url)
+                .max_number_of_messages(10)
+                .wait_time_seconds(0)
+                .message_attribute_names("All")
+                .message_system_attribute_names(MessageSystemAttributeName::All)
+                .send()
+                .await?
+                .messages
+                .unwrap_or_default();
+            if batch.is_empty() {
+                break;
+            }
+            for m in batch {
+                out.push(Received {
+                    id: m.message_id.unwrap_or_default(),
+                    receipt: m.receipt_handle.unwrap_or_default(),
+                    body: m.body.unwrap_or_default(),
+                    attributes: m
+                        .message_attributes
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|(k, v)| (k, v.string_value.unwrap_or_default()))
+                        .collect(),
+                    system: m
+                        .attributes
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|(k, v)| (k.as_str().to_string(), v))
+                        .collect(),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Approximate visible + in-flight + delayed counts of a queue.
+    pub async fn counts(client: &Client, url: &str) -> anyhow::Result<(u64, u64, u64)> {
+        let attrs = client
+            .get_queue_attributes()
+            .queue_url(url)
+            .attribute_names(QueueAttributeName::All)
+            .send()
+            .await?
+            .attributes
+            .unwrap_or_default();
+        let get =
+            |name: QueueAttributeName| attrs.get(&name).and_then(|v| v.parse().ok()).unwrap_or(0);
+        Ok((
+            get(QueueAttributeName::ApproximateNumberOfMessages),
+            get(QueueAttributeName::ApproximateNumberOfMessagesNotVisible),
+            get(QueueAttributeName::ApproximateNumberOfMessagesDelayed),
+        ))
+    }
+
+    /// Sends raw bodies.
+    pub async fn send_raw(
+        client: &Client,
+        url: &str,
+        bodies: &[String],
+    ) -> anyhow::Result<Vec<String>> {
+        let mut ids = Vec::new();
+        for body in bodies {
+            let out = client
+                .send_message()
+                .queue_url(url)
+                .message_body(body)
+                .send()
+                .await?;
+            ids.push(out.message_id.unwrap_or_default());
+        }
+        Ok(ids)
+    }
+
+    /// A current-thread runtime for a test's async parts.
+    pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+        Ok(tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?)
+    }
+}

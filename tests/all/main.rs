@@ -5,6 +5,7 @@ mod examples;
 mod harness;
 mod hostile;
 mod http;
+mod lambda;
 mod loading;
 mod outcomes;
 mod poison;
@@ -12,6 +13,7 @@ mod process;
 mod queue;
 mod runner;
 mod scaffold;
+mod sqs;
 
 /// Every fixture guest must have a test of its own name in one of these modules, or this
 /// does not build.

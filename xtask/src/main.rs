@@ -160,7 +160,8 @@ fn build_js_example(dir: &Path, out: &Path) -> Result {
 /// The pinned tools for the Python and C examples, installed once into a cache folder
 /// (`JOBHOST_TOOLS`, default `~/.cache/jobhost/tools`) that later runs reuse.
 struct Tools {
-    /// `componentize-py`, in a venv made from `examples/generate-report-py/requirements.txt`.
+    /// `componentize-py`, in a venv made from `xtask/tools-requirements.txt` (with moto and
+    /// cargo-lambda for the tests).
     componentize_py: PathBuf,
     /// `wit-bindgen` (C bindings) and `wasm-tools` (component new), from crates.io.
     wit_bindgen: PathBuf,
@@ -202,7 +203,7 @@ impl Tools {
                 write(&stamp(krate), "")?;
             }
         }
-        let requirements = root().join("examples/generate-report-py/requirements.txt");
+        let requirements = root().join("xtask/tools-requirements.txt");
         let venv = dir.join("py");
         let wanted = read(&requirements)?;
         if read(&venv.join("installed.txt")).ok().as_deref() != Some(wanted.as_str()) {
@@ -389,6 +390,106 @@ fn demo() -> Result {
 fn test() -> Result {
     build_examples()?;
     run(cargo().args(["build", "-p", "jobhost", "--bins"]))?;
-    run(cargo().args(["test", "--workspace"]))?;
-    Ok(())
+    let services = Services::start(&Tools::dir())?;
+    let result = run(cargo()
+        .args(["test", "--workspace"])
+        .envs(services.env.iter().map(|(k, v)| (k, v))));
+    drop(services);
+    result
+}
+
+/// The servers the integration tests talk to, on loopback ports: moto (SQS) and
+/// cargo-lambda's Lambda Runtime API emulator. Stopped by PID when dropped.
+struct Services {
+    children: Vec<std::process::Child>,
+    env: Vec<(String, String)>,
+}
+
+fn free_port() -> Result<u16> {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| format!("no free port: {e}"))
+}
+
+fn wait_for_port(port: u16, what: &str, child: &mut std::process::Child) -> Result {
+    // A TCP check: the emulator would queue an HTTP GET as an invocation.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while std::time::Instant::now() < deadline {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok(());
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(format!("{what} exited with {status} before listening"));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    Err(format!(
+        "{what} did not listen on 127.0.0.1:{port} within 60 s"
+    ))
+}
+
+impl Services {
+    fn start(tools: &Path) -> Result<Services> {
+        let mut services = Services {
+            children: Vec::new(),
+            env: Vec::new(),
+        };
+        let logs = target_root().join("test-services");
+        std::fs::create_dir_all(&logs).map_err(|e| e.to_string())?;
+        let log = |name: &str| {
+            std::fs::File::create(logs.join(name))
+                .map(std::process::Stdio::from)
+                .map_err(|e| e.to_string())
+        };
+        let moto = free_port()?;
+        let mut child = Command::new(tools.join("py/bin/moto_server"))
+            .args(["-H", "127.0.0.1", "-p", &moto.to_string()])
+            .stdout(log("moto.log")?)
+            .stderr(log("moto.err")?)
+            .spawn()
+            .map_err(|e| format!("cannot start moto_server: {e}"))?;
+        let ready = wait_for_port(moto, "moto_server", &mut child);
+        services.children.push(child);
+        ready?;
+        let lambda = free_port()?;
+        let mut child = Command::new(tools.join("py/bin/cargo-lambda"))
+            .args([
+                "lambda",
+                "watch",
+                "--only-lambda-apis",
+                "--invoke-address",
+                "127.0.0.1",
+            ])
+            .args(["--invoke-port", &lambda.to_string(), "--manifest-path"])
+            .arg(root().join("host/Cargo.toml"))
+            .stdout(log("cargo-lambda.log")?)
+            .stderr(log("cargo-lambda.err")?)
+            .spawn()
+            .map_err(|e| format!("cannot start cargo lambda watch: {e}"))?;
+        let ready = wait_for_port(lambda, "cargo lambda watch", &mut child);
+        services.children.push(child);
+        ready?;
+        eprintln!("test services: moto on 127.0.0.1:{moto}, Lambda emulator on 127.0.0.1:{lambda}");
+        services.env = vec![
+            (
+                "JOBHOST_TEST_SQS_ENDPOINT".into(),
+                format!("http://127.0.0.1:{moto}"),
+            ),
+            (
+                "JOBHOST_TEST_LAMBDA".into(),
+                format!("http://127.0.0.1:{lambda}"),
+            ),
+        ];
+        Ok(services)
+    }
+}
+
+impl Drop for Services {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
 }

@@ -1,0 +1,382 @@
+//! The Lambda runtime against cargo-lambda's Runtime API emulator (started by `cargo xtask
+//! test`, its address in `JOBHOST_TEST_LAMBDA`) and moto for the queues: SQS batches with
+//! their exact `batchItemFailures`, direct invocations, and packaged handlers.
+
+use std::io::{Read as _, Write as _};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use jobhost_tests::sqs::{self, QueuePair};
+use jobhost_tests::{Handlers, fixtures, jobhost_command};
+use serde_json::{Value, json};
+
+/// One function at a time on the emulator: its invocations go to whichever runtime polls.
+static EMULATOR: Mutex<()> = Mutex::new(());
+
+fn emulator() -> anyhow::Result<String> {
+    std::env::var("JOBHOST_TEST_LAMBDA").map_err(|_| {
+        anyhow::anyhow!(
+            "JOBHOST_TEST_LAMBDA is not set: run the tests with `cargo xtask test`, which \
+             starts `cargo lambda watch --only-lambda-apis` on 127.0.0.1"
+        )
+    })
+}
+
+/// The host as a Lambda runtime (`bootstrap` with no arguments), killed when dropped.
+struct Function {
+    child: Child,
+    log: tempfile::NamedTempFile,
+}
+
+impl Function {
+    fn start(plugins: &Path, extra_env: &[(&str, &str)]) -> anyhow::Result<Self> {
+        let log = tempfile::NamedTempFile::new()?;
+        let mut command = jobhost_command()?;
+        sqs::aws_env(&mut command)?;
+        command
+            .env("AWS_LAMBDA_RUNTIME_API", format!("{}/.rt", emulator()?))
+            .env("AWS_LAMBDA_FUNCTION_NAME", "_")
+            .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "512")
+            .env("AWS_LAMBDA_FUNCTION_VERSION", "1")
+            .env("JOBHOST_PLUGINS", plugins)
+            .env("JOBHOST_LOG", "info")
+            .envs(extra_env.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(log.reopen()?);
+        Ok(Self {
+            child: command.spawn()?,
+            log,
+        })
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.log.path()).unwrap_or_default()
+    }
+
+    /// Invokes the function through the emulator; returns (status, body).
+    fn invoke(&mut self, event: &Value) -> anyhow::Result<(u16, Value)> {
+        anyhow::ensure!(
+            self.child.try_wait()?.is_none(),
+            "the function exited: {}",
+            self.log()
+        );
+        let address = emulator()?;
+        let hostport = address.trim_start_matches("http://");
+        let mut stream = TcpStream::connect(hostport)?;
+        stream.set_read_timeout(Some(Duration::from_secs(60)))?;
+        let body = event.to_string();
+        write!(
+            stream,
+            "POST /2015-03-31/functions/_/invocations HTTP/1.1\r\nHost: {hostport}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )?;
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response)?;
+        let text = String::from_utf8_lossy(&response);
+        let (head, rest) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+        let status = head.split_whitespace().nth(1).unwrap_or("0").parse()?;
+        let body = if head
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked")
+        {
+            dechunk(rest)
+        } else {
+            rest.to_string()
+        };
+        Ok((
+            status,
+            serde_json::from_str(&body).unwrap_or(Value::String(body)),
+        ))
+    }
+}
+
+impl Drop for Function {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn dechunk(mut rest: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, tail)) = rest.split_once("\r\n") {
+        let Ok(size) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
+        if size == 0 || tail.len() < size {
+            break;
+        }
+        out.push_str(&tail[..size]);
+        rest = tail[size..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+fn handlers() -> anyhow::Result<Handlers> {
+    let handlers = Handlers::new()?;
+    handlers.add(fixtures::ECHO, "echo")?;
+    handlers.add(fixtures::PERMANENT, "permanent")?;
+    handlers.add(fixtures::TRANSIENT, "transient")?;
+    Ok(handlers)
+}
+
+/// The SQS event Lambda would deliver for these received messages.
+fn event_for(queue: &QueuePair, received: &[sqs::Received]) -> Value {
+    let records: Vec<Value> = received
+        .iter()
+        .map(|m| {
+            json!({
+                "messageId": m.id, "receiptHandle": m.receipt, "body": m.body,
+                "attributes": m.system, "messageAttributes": {}, "md5OfBody": "",
+                "eventSource": "aws:sqs", "eventSourceARN": queue.arn, "awsRegion": "us-east-1",
+            })
+        })
+        .collect();
+    json!({"Records": records})
+}
+
+fn failures(response: &Value) -> Vec<String> {
+    let mut ids: Vec<String> = response["batchItemFailures"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|f| f["itemIdentifier"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    ids.sort();
+    ids
+}
+
+#[test]
+fn an_sqs_batch_reports_exactly_the_records_to_deliver_again() -> anyhow::Result<()> {
+    let _one = EMULATOR.lock().unwrap_or_else(|e| e.into_inner());
+    let rt = sqs::runtime()?;
+    let client = rt.block_on(sqs::client())?;
+    let queue = rt.block_on(sqs::queue_pair(&client, "lambda", 30, false))?;
+    let far = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis() as u64
+        + 3_600_000;
+    let bodies = vec![
+        json!({"job": "echo", "payload": {"message": "one"}}).to_string(),
+        json!({"job": "permanent", "payload": {}}).to_string(),
+        json!({"job": "transient", "payload": {"succeed_on": 2}}).to_string(),
+        "not json".to_string(),
+        json!({"job": "echo", "payload": {"message": "later"}, "notBefore": far}).to_string(),
+        json!({"job": "echo", "payload": {"message": "two"}}).to_string(),
+    ];
+    let ids = rt.block_on(sqs::send_raw(&client, &queue.url, &bodies))?;
+    let received = rt.block_on(sqs::receive_all(&client, &queue.url))?;
+    assert_eq!(received.len(), bodies.len());
+    let handlers = handlers()?;
+    let mut function = Function::start(handlers.path(), &[])?;
+    let (status, response) = function.invoke(&event_for(&queue, &received))?;
+    assert_eq!(status, 200, "{response}\n{}", function.log());
+    // The retried record and the one not yet due; not the done ones, not the dead letters.
+    let mut expected = vec![ids[2].clone(), ids[4].clone()];
+    expected.sort();
+    assert_eq!(failures(&response), expected, "{response}");
+
+    let dead = rt.block_on(sqs::receive_all(&client, &queue.dlq_url))?;
+    let mut reasons: Vec<&str> = dead
+        .iter()
+        .filter_map(|m| m.attributes.get("jobhost.reason").map(String::as_str))
+        .collect();
+    reasons.sort();
+    assert_eq!(reasons, ["malformed", "permanent"]);
+    // The retried record is hidden for its backoff (1.5 s), then comes back as attempt 2.
+    assert!(
+        rt.block_on(sqs::receive_all(&client, &queue.url))?
+            .is_empty()
+    );
+    std::thread::sleep(Duration::from_millis(2000));
+    let back = rt.block_on(sqs::receive_all(&client, &queue.url))?;
+    assert_eq!(back.len(), 1, "{back:?}");
+    assert_eq!(back[0].id, ids[2]);
+    assert_eq!(
+        back[0]
+            .system
+            .get("ApproximateReceiveCount")
+            .map(String::as_str),
+        Some("2")
+    );
+    Ok(())
+}
+
+#[test]
+fn the_aws_documentation_sample_event_is_handled() -> anyhow::Result<()> {
+    let _one = EMULATOR.lock().unwrap_or_else(|e| e.into_inner());
+    let rt = sqs::runtime()?;
+    let client = rt.block_on(sqs::client())?;
+    let queue = rt.block_on(sqs::queue_pair(&client, "sample", 30, false))?;
+    let sample = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/fixtures/sqs-event.json"
+    ))?;
+    let mut event: Value = serde_json::from_str(&sample)?;
+    // The sample's shape, pointed at a queue that exists here; the first record becomes a
+    // job, the second keeps its body ("Test message.", not a job: dead-lettered).
+    for record in event["Records"].as_array_mut().into_iter().flatten() {
+        record["eventSourceARN"] = queue.arn.clone().into();
+    }
+    event["Records"][0]["body"] = json!({"job": "echo", "payload": {"message": "sample"}})
+        .to_string()
+        .into();
+    let handlers = handlers()?;
+    let mut function = Function::start(handlers.path(), &[])?;
+    let (status, response) = function.invoke(&event)?;
+    assert_eq!(status, 200, "{response}");
+    assert_eq!(response, json!({"batchItemFailures": []}));
+    let dead = rt.block_on(sqs::receive_all(&client, &queue.dlq_url))?;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].body, "Test message.");
+    assert_eq!(
+        dead[0]
+            .attributes
+            .get("jobhost.source-message-id")
+            .map(String::as_str),
+        Some("2e1424d4-f796-459a-8184-9c92662be6da")
+    );
+    Ok(())
+}
+
+#[test]
+fn a_direct_invocation_runs_the_job_once() -> anyhow::Result<()> {
+    let _one = EMULATOR.lock().unwrap_or_else(|e| e.into_inner());
+    let handlers = handlers()?;
+    let mut function = Function::start(handlers.path(), &[])?;
+    let (status, report) =
+        function.invoke(&json!({"job": "echo", "payload": {"message": "tick"}}))?;
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(report["outcome"], "done");
+    assert_eq!(report["output"]["echo"], "tick");
+    // Not done: a function error whose message is the report.
+    let (_, error) = function.invoke(&json!({"job": "permanent", "payload": {}}))?;
+    assert_eq!(error["errorType"], "JobNotDone", "{error}");
+    let inner: Value = serde_json::from_str(error["errorMessage"].as_str().unwrap_or("{}"))?;
+    assert_eq!(
+        (inner["outcome"].as_str(), inner["reason"].as_str()),
+        (Some("dead-letter"), Some("permanent"))
+    );
+    let (_, unknown) = function.invoke(&json!({"hello": "world"}))?;
+    assert!(
+        unknown["errorMessage"]
+            .as_str()
+            .unwrap_or("")
+            .contains("unknown event"),
+        "{unknown}"
+    );
+    Ok(())
+}
+
+fn unzip(zip: &Path, into: &Path) -> anyhow::Result<Vec<(String, u32)>> {
+    let mut archive = zip::ZipArchive::new(std::fs::File::open(zip)?)?;
+    let mut names = Vec::new();
+    for i in 0..archive.len() {
+        let mut entry = archive.by_index(i)?;
+        let name = entry.name()?.to_string();
+        names.push((name.clone(), entry.unix_mode().unwrap_or(0)));
+        let path = into.join(&name);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        let mut bytes = Vec::new();
+        entry.read_to_end(&mut bytes)?;
+        std::fs::write(path, bytes)?;
+    }
+    Ok(names)
+}
+
+#[test]
+fn packaged_handlers_start_precompiled_from_a_read_only_folder() -> anyhow::Result<()> {
+    let handlers = handlers()?;
+    let dist = tempfile::tempdir()?;
+    let stub = dist.path().join("bootstrap-stub");
+    std::fs::write(&stub, "#!/bin/sh\n")?;
+    for arch in ["x86_64", "arm64"] {
+        let out = jobhost_command()?
+            .env_remove("JOBHOST_CACHE_DIR")
+            .args(["package", "--arch", arch, "--bootstrap"])
+            .arg(&stub)
+            .arg("--plugins")
+            .arg(handlers.path())
+            .arg("--out")
+            .arg(dist.path())
+            .output()?;
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let layer = unzip(
+        &dist.path().join("jobhost-layer-x86_64.zip"),
+        &dist.path().join("layer"),
+    )?;
+    assert_eq!(layer, [("bootstrap".to_string(), 0o100755)]);
+    let unpacked = dist.path().join("x86");
+    let names = unzip(&dist.path().join("handlers-x86_64.zip"), &unpacked)?;
+    let artifacts = |names: &[(String, u32)]| {
+        let mut a: Vec<String> = names
+            .iter()
+            .filter(|(n, _)| n.ends_with(".cwasm"))
+            .map(|(n, _)| n.clone())
+            .collect();
+        a.sort();
+        a
+    };
+    assert_eq!(artifacts(&names).len(), 3);
+    assert_eq!(
+        names.iter().filter(|(n, _)| n.ends_with(".wasm")).count(),
+        3
+    );
+    // The arm64 artifacts are other code (another target), for the same three handlers.
+    let arm = unzip(
+        &dist.path().join("handlers-arm64.zip"),
+        &dist.path().join("arm"),
+    )?;
+    assert_eq!(artifacts(&arm).len(), 3);
+    assert_ne!(artifacts(&arm), artifacts(&names));
+
+    // As on Lambda: a read-only folder; every handler deserialized, none compiled.
+    let dir = unpacked.join("handlers");
+    let status = std::process::Command::new("chmod")
+        .args(["-R", "a-w"])
+        .arg(&dir)
+        .status()?;
+    assert!(status.success());
+    let _one = EMULATOR.lock().unwrap_or_else(|e| e.into_inner());
+    let cache = dir.join(".jobhost-cache");
+    let cache = cache.to_string_lossy();
+    let mut function = Function::start(
+        &dir,
+        &[
+            ("JOBHOST_LOG_FORMAT", "json"),
+            ("JOBHOST_CACHE_DIR", &cache),
+        ],
+    )?;
+    let (status, report) =
+        function.invoke(&json!({"job": "echo", "payload": {"message": "packaged"}}))?;
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(report["output"]["echo"], "packaged");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let ready = loop {
+        let log = function.log();
+        if let Some(line) = log.lines().find(|l| l.contains("Lambda runtime ready")) {
+            break serde_json::from_str::<Value>(line)?;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "no ready line: {log}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(ready["fields"]["handlers"], 3, "{ready}");
+    assert_eq!(ready["fields"]["precompiled"], 3, "{ready}");
+    let _ = std::process::Command::new("chmod")
+        .args(["-R", "u+w"])
+        .arg(&dir)
+        .status();
+    Ok(())
+}
