@@ -182,6 +182,16 @@ impl LambdaHost {
                 .push((record, fate));
         }
         for (arn, items) in by_queue {
+            // Records done without follow-up jobs need no SQS call: Lambda deletes them.
+            let quiet = items.iter().all(|(_, fate)| match fate {
+                Fate::Ran(report) => {
+                    matches!(report.outcome, Outcome::Done { .. }) && report.enqueued.is_empty()
+                }
+                _ => false,
+            });
+            if quiet {
+                continue;
+            }
             match self.queue(arn).await {
                 Ok(queue) => failures.extend(settle(&queue, items).await),
                 Err(error) => {

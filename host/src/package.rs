@@ -38,6 +38,17 @@ pub fn run(args: PackageArgs) -> anyhow::Result<ExitCode> {
             native_triple()
         ),
     };
+    let size = std::fs::metadata(&bootstrap)
+        .with_context(|| format!("cannot read {}", bootstrap.display()))?
+        .len();
+    if size > 200 << 20 {
+        eprintln!(
+            "warning: {} is {} MB; a layer is at most 250 MB unzipped: build the bootstrap \
+             with `cargo build --profile lambda -p jobhost` (stripped)",
+            bootstrap.display(),
+            size >> 20
+        );
+    }
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("cannot create {}", args.out.display()))?;
     let arch = arch_name(args.arch);

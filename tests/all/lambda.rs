@@ -380,3 +380,84 @@ fn packaged_handlers_start_precompiled_from_a_read_only_folder() -> anyhow::Resu
         .status();
     Ok(())
 }
+
+#[test]
+fn the_deployment_templates_follow_the_sqs_rules() -> anyhow::Result<()> {
+    let tools = std::env::var_os("JOBHOST_TOOLS").map_or_else(
+        || {
+            std::path::PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+                .join(".cache/jobhost/tools")
+        },
+        std::path::PathBuf::from,
+    );
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let sam = root.join("deploy/sam/template.yaml");
+    let stacktape = root.join("deploy/stacktape/stacktape.yml");
+    let lint = std::process::Command::new(tools.join("py/bin/cfn-lint"))
+        .arg(&sam)
+        .output()?;
+    assert!(
+        lint.status.success(),
+        "cfn-lint: {}",
+        String::from_utf8_lossy(&lint.stdout)
+    );
+    let check = |sam: &Path| -> anyhow::Result<std::process::Output> {
+        Ok(std::process::Command::new(tools.join("py/bin/python"))
+            .arg(root.join("deploy/check.py"))
+            .arg(sam)
+            .arg(&stacktape)
+            .output()?)
+    };
+    let out = check(&sam)?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The check bites: partial batch responses off is refused.
+    let broken = tempfile::NamedTempFile::new()?;
+    std::fs::write(
+        broken.path(),
+        std::fs::read_to_string(&sam)?.replace(
+            "FunctionResponseTypes: [ReportBatchItemFailures]",
+            "BatchSize: 10",
+        ),
+    )?;
+    assert!(!check(broken.path())?.status.success());
+    Ok(())
+}
+
+#[test]
+fn a_job_never_outlives_the_invocation() -> anyhow::Result<()> {
+    let handlers = handlers()?;
+    handlers.add(fixtures::SPIN, "spin")?;
+    // The handler's own timeout is long; the invocation has 700 ms left, less a 200 ms margin.
+    handlers.sidecar(
+        "spin",
+        "toml",
+        "[limits]\ntimeout-ms = 60_000\nfuel = 1_000_000_000_000\n",
+    )?;
+    let dispatcher = std::sync::Arc::new(handlers.dispatcher()?);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let client = rt.block_on(sqs::client())?;
+    let host =
+        jobhost::lambda::LambdaHost::new(dispatcher, client, None, 2, Duration::from_millis(200));
+    let started = Instant::now();
+    let deadline = std::time::SystemTime::now() + Duration::from_millis(700);
+    let result = rt.block_on(host.handle(json!({"job": "spin", "payload": {}}), deadline));
+    let elapsed = started.elapsed();
+    let report: Value = serde_json::from_str(&result.err().unwrap_or_default())?;
+    assert_eq!(report["reason"], "timeout", "{report}");
+    assert!(
+        elapsed < Duration::from_millis(700),
+        "ran {elapsed:?}, past the invocation's deadline"
+    );
+    assert!(
+        elapsed >= Duration::from_millis(450),
+        "stopped early: {elapsed:?}"
+    );
+    Ok(())
+}
