@@ -75,11 +75,16 @@ pub struct LambdaArgs {
     /// queue's RedrivePolicy target).
     #[arg(long, env = "JOBHOST_DLQ_URL")]
     pub dlq_url: Option<String>,
+    /// The queue for follow-up jobs of direct invocations (an SQS batch's go to its own
+    /// source queue).
+    #[arg(long, env = "JOBHOST_SQS_URL")]
+    pub sqs_url: Option<String>,
     /// Records run at once.
     #[arg(long, env = "JOBHOST_CONCURRENCY")]
     pub concurrency: Option<usize>,
-    /// Time kept back from each job's deadline before the invocation's own.
-    #[arg(long, env = "JOBHOST_DEADLINE_MARGIN", default_value = "500ms", value_parser = crate::request::parse_delay)]
+    /// Time kept back from each job's deadline before the invocation's own, for settling
+    /// the batch (visibility changes, dead letters, follow-up jobs).
+    #[arg(long, env = "JOBHOST_DEADLINE_MARGIN", default_value = "2s", value_parser = crate::request::parse_delay)]
     pub margin: std::time::Duration,
 }
 

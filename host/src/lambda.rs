@@ -23,7 +23,7 @@ use serde_json::Value;
 
 use crate::dispatch::{Delivery, Dispatcher};
 use crate::outcome::{Outcome, Report};
-use crate::queue::sqs::{MAX_VISIBILITY, SqsOptions, SqsQueue, early_receives, not_before_of};
+use crate::queue::sqs::{MAX_HOP, SqsOptions, SqsQueue, early_receives, not_before_of};
 use crate::queue::{Action, Delivered, Message, QueueError};
 
 /// The engine settings the Lambda host and `jobhost package` share, so the packaged
@@ -75,6 +75,8 @@ pub struct LambdaHost {
     dispatcher: Arc<Dispatcher>,
     client: aws_sdk_sqs::Client,
     dlq_url: Option<String>,
+    /// Where a direct invocation's follow-up jobs go.
+    children_url: Option<String>,
     concurrency: usize,
     margin: Duration,
     /// The source queues seen so far, by ARN.
@@ -110,10 +112,18 @@ impl LambdaHost {
             dispatcher,
             client,
             dlq_url,
+            children_url: None,
             concurrency: concurrency.max(1),
             margin,
             queues: tokio::sync::Mutex::default(),
         }
+    }
+
+    /// Sends the follow-up jobs of direct invocations to this queue (without one, a direct
+    /// invocation that enqueues jobs fails, rather than dropping them).
+    pub fn with_children_queue(mut self, url: Option<String>) -> Self {
+        self.children_url = url;
+        self
     }
 
     /// Handles one invocation's event.
@@ -129,12 +139,12 @@ impl LambdaHost {
             return serde_json::to_value(response).map_err(|e| e.to_string());
         }
         if event.get("job").is_some() {
-            return self.handle_direct(event, deadline);
+            return self.handle_direct(event, deadline).await;
         }
         Err("unknown event: expected an SQS event or {\"job\": NAME, \"payload\": {...}}".into())
     }
 
-    fn handle_direct(&self, event: Value, deadline: SystemTime) -> Result<Value, String> {
+    async fn handle_direct(&self, event: Value, deadline: SystemTime) -> Result<Value, String> {
         let body = event.to_string();
         let delivery = Delivery {
             deadline: Some(deadline - self.margin),
@@ -147,11 +157,28 @@ impl LambdaHost {
                 .join()
         })
         .map_err(|_| "the job's thread panicked".to_string())?;
-        if !report.enqueued.is_empty() {
-            tracing::warn!(
-                count = report.enqueued.len(),
-                "a direct invocation enqueued jobs; they are dropped (there is no source queue)"
-            );
+        if let (Outcome::Done { .. }, false) = (&report.outcome, report.enqueued.is_empty()) {
+            let Some(url) = self.children_url.clone() else {
+                return Err(format!(
+                    "the job enqueued {} follow-up jobs, but a direct invocation has no queue for \
+                     them: set JOBHOST_SQS_URL",
+                    report.enqueued.len()
+                ));
+            };
+            let Action::Done { children, .. } = Action::from_report(&report, SystemTime::now())
+            else {
+                return Err("unreachable: a done report".into());
+            };
+            let queue = SqsQueue::producer(
+                self.client.clone(),
+                SqsOptions::new(url),
+                Arc::new(crate::clock::SystemClock),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+            crate::queue::Queue::enqueue(&queue, children)
+                .await
+                .map_err(|e| format!("follow-up jobs not sent: {e}"))?;
         }
         match report.outcome {
             Outcome::Done { .. } => Ok(report.to_json()),
@@ -169,7 +196,11 @@ impl LambdaHost {
                 // Without an id the record cannot even be reported; without a receipt it
                 // cannot be settled: report it to be delivered again.
                 Err(Some(id)) => failures.push(id),
-                Err(None) => tracing::error!(index, "an SQS record without a messageId"),
+                Err(None) => {
+                    // An empty identifier makes Lambda deliver the whole batch again.
+                    tracing::error!(index, "an SQS record without a messageId");
+                    failures.push(String::new());
+                }
             }
         }
         let fates =
@@ -222,15 +253,25 @@ impl LambdaHost {
         // Units run in order inside; a unit is one record, or one FIFO group's records.
         let mut units: Vec<Vec<usize>> = Vec::new();
         let mut by_group: HashMap<&str, usize> = HashMap::new();
+        // FIFO groups with a record not yet due: the rest of the group waits for it.
+        let mut blocked: Vec<&str> = Vec::new();
         for (i, record) in records.iter().enumerate() {
             let body = match &record.delivered.message {
                 Message::Raw(body) => body.as_slice(),
                 Message::Envelope(_) => &[],
             };
+            let group = record.delivered.group.as_deref();
+            if group.is_some_and(|g| blocked.contains(&g)) {
+                fates.push(Some(Fate::Held));
+                continue;
+            }
             match not_before_of(body).filter(|due| *due > now) {
-                Some(due) => fates.push(Some(Fate::Early(
-                    Duration::from_millis(due - now).min(MAX_VISIBILITY),
-                ))),
+                Some(due) => {
+                    blocked.extend(group);
+                    fates.push(Some(Fate::Early(
+                        Duration::from_millis(due - now).min(MAX_HOP),
+                    )))
+                }
                 None => {
                     fates.push(None);
                     match record.delivered.group.as_deref() {
@@ -350,7 +391,7 @@ fn read_record(message: SqsMessage) -> Result<Record, Option<String>> {
     let hops = early_receives(
         not_before_of(&body),
         number("ApproximateFirstReceiveTimestamp"),
-        MAX_VISIBILITY,
+        MAX_HOP,
     );
     let attempt = u32::try_from(receives.saturating_sub(hops).max(1)).unwrap_or(u32::MAX);
     Ok(Record {
@@ -388,7 +429,7 @@ async fn settle(queue: &SqsQueue, items: Vec<(&Record, Fate)>) -> Vec<String> {
                 }
                 Action::Retry { at, .. } => {
                     let wait = at.duration_since(now).unwrap_or_default();
-                    hide.push((delivered.receipt.clone(), wait.min(MAX_VISIBILITY)));
+                    hide.push((delivered.receipt.clone(), wait.min(MAX_HOP)));
                     failures.push(delivered.id.clone());
                 }
                 Action::DeadLetter { reason, message } => {

@@ -46,13 +46,16 @@ pub fn run(args: LambdaArgs) -> anyhow::Result<ExitCode> {
         .build()?;
     runtime.block_on(async move {
         let client = jobhost::queue::sqs::client_from_env().await;
-        let host = Arc::new(LambdaHost::new(
-            dispatcher.clone(),
-            client,
-            args.dlq_url.clone(),
-            concurrency,
-            args.margin,
-        ));
+        let host = Arc::new(
+            LambdaHost::new(
+                dispatcher.clone(),
+                client,
+                args.dlq_url.clone(),
+                concurrency,
+                args.margin,
+            )
+            .with_children_queue(args.sqs_url.clone()),
+        );
         tracing::info!(
             plugins = %config.plugins_dir.display(),
             handlers = dispatcher.plugins().plugins().len(),

@@ -33,8 +33,10 @@ const ERROR_BACKOFF_MAX: Duration = Duration::from_secs(10);
 /// The shortest interval between lease renewals.
 const MIN_RENEW_INTERVAL: Duration = Duration::from_millis(300);
 
-/// Deliveries received and not yet settled, by receipt: their leases are renewed.
-type Leased = Arc<Mutex<HashMap<String, Delivered>>>;
+/// Deliveries received and not yet settled, by receipt: their leases are renewed. The
+/// async lock is held by a renewal and by a settlement for their whole queue calls, so a
+/// renewal never lands after (and undoes) a retry's backoff or a release.
+type Leased = Arc<tokio::sync::Mutex<HashMap<String, Delivered>>>;
 
 /// How the runner behaves.
 #[derive(Clone, Debug)]
@@ -275,7 +277,7 @@ impl<Q: Queue> Runner<Q> {
                     error_backoff = Duration::from_millis(100);
                     counters.in_flight.fetch_add(batch.len(), Ordering::SeqCst);
                     {
-                        let mut leased = leased.lock().unwrap_or_else(|e| e.into_inner());
+                        let mut leased = leased.lock().await;
                         for delivered in &batch {
                             leased.insert(delivered.receipt.clone(), delivered.clone());
                         }
@@ -361,6 +363,16 @@ impl<Q: Queue> Runner<Q> {
     }
 }
 
+/// The job name of a raw envelope (`job`, or its aliases `type` and `jobName`).
+fn job_name(body: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Name {
+        #[serde(alias = "type", alias = "jobName")]
+        job: String,
+    }
+    serde_json::from_slice::<Name>(body).ok().map(|n| n.job)
+}
+
 /// Splits a batch into units a worker runs in order: one per delivery, except that the
 /// deliveries of one ordering group form one unit, in the order received.
 fn units(batch: Vec<Delivered>) -> Vec<Vec<Delivered>> {
@@ -387,18 +399,15 @@ async fn renew_leases<Q: Queue>(queue: Arc<Q>, leased: Leased, lease: Duration) 
     let interval = (lease / 3).max(MIN_RENEW_INTERVAL);
     loop {
         tokio::time::sleep(interval).await;
-        let due: Vec<Delivered> = leased
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .values()
-            .cloned()
-            .collect();
+        let leased = leased.lock().await;
+        let due: Vec<Delivered> = leased.values().cloned().collect();
         if due.is_empty() {
             continue;
         }
         if let Err(error) = queue.extend(due, lease).await {
             tracing::warn!(%error, "lease renewal failed; retrying at the next interval");
         }
+        drop(leased);
     }
 }
 
@@ -442,6 +451,10 @@ impl Worker {
         };
         let gate = match &delivered.message {
             Message::Envelope(envelope) => self.gates.get(&envelope.job).cloned(),
+            // Raw bodies (SQS) are parsed by dispatch; read just the name for the gate.
+            Message::Raw(body) if !self.gates.is_empty() => {
+                job_name(body).and_then(|name| self.gates.get(&name).cloned())
+            }
             Message::Raw(_) => None,
         };
         if let Some(gate) = &gate {
@@ -483,8 +496,8 @@ async fn settle_loop<Q: Queue>(
             }
         }
         let count = settled.len() + unstarted.len();
+        let mut leased = leased.lock().await;
         {
-            let mut leased = leased.lock().unwrap_or_else(|e| e.into_inner());
             for receipt in settled
                 .iter()
                 .map(|s| &s.delivered.receipt)
@@ -503,6 +516,7 @@ async fn settle_loop<Q: Queue>(
                 tracing::error!(%error, "could not give back unstarted jobs; their leases will expire");
             }
         }
+        drop(leased);
         counters.in_flight.fetch_sub(count, Ordering::SeqCst);
         capacity.notify_one();
         settled_notify.notify_waiters();

@@ -102,11 +102,7 @@ pub async fn connect_sqs(
 pub fn serve_sqs(config: &HostConfig, options: SqsServeOptions) -> anyhow::Result<RunSummary> {
     let dispatcher = Arc::new(config.start()?);
     let concurrency = options.concurrency.unwrap_or_else(default_concurrency);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name("jobhost-io")
-        .enable_all()
-        .build()?;
+    let runtime = io_runtime()?;
     runtime.block_on(async move {
         // Messages received ahead are hidden from other consumers: keep that few.
         let prefetch = concurrency.max(10);
@@ -175,11 +171,7 @@ pub fn serve(config: &HostConfig, options: ServeOptions) -> anyhow::Result<RunSu
     if let Some(lease) = options.lease {
         run.lease = lease;
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name("jobhost-io")
-        .enable_all()
-        .build()?;
+    let runtime = io_runtime()?;
     runtime.block_on(async move {
         let (stop, stopped) = watch::channel(false);
         tokio::spawn(watch_signals(stop.clone()));
@@ -210,6 +202,15 @@ pub fn serve(config: &HostConfig, options: ServeOptions) -> anyhow::Result<RunSu
         let _ = stop.send(true);
         Ok(summary)
     })
+}
+
+/// The runtime for queue I/O, signals and the HTTP API (jobs run on worker threads).
+fn io_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("jobhost-io")
+        .enable_all()
+        .build()
 }
 
 async fn watch_signals(stop: watch::Sender<bool>) {

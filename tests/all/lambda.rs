@@ -270,6 +270,31 @@ fn a_direct_invocation_runs_the_job_once() -> anyhow::Result<()> {
             .contains("unknown event"),
         "{unknown}"
     );
+    // Follow-up jobs with no queue for them: a failure, not a silent drop.
+    let (_, orphan) =
+        function.invoke(&json!({"job": "echo", "payload": {"message": "p", "children": 2}}))?;
+    assert!(
+        orphan["errorMessage"]
+            .as_str()
+            .unwrap_or("")
+            .contains("JOBHOST_SQS_URL"),
+        "{orphan}"
+    );
+    drop(function);
+    // With JOBHOST_SQS_URL, they are sent there.
+    let rt = sqs::runtime()?;
+    let client = rt.block_on(sqs::client())?;
+    let queue = rt.block_on(sqs::queue_pair(&client, "direct", 30, false))?;
+    let mut function = Function::start(handlers.path(), &[("JOBHOST_SQS_URL", &queue.url)])?;
+    let (status, report) =
+        function.invoke(&json!({"job": "echo", "payload": {"message": "p", "children": 2}}))?;
+    assert_eq!(
+        (status, report["outcome"].as_str()),
+        (200, Some("done")),
+        "{report}"
+    );
+    let sent = rt.block_on(sqs::receive_all(&client, &queue.url))?;
+    assert_eq!(sent.len(), 2, "{sent:?}");
     Ok(())
 }
 
@@ -391,8 +416,8 @@ fn the_deployment_templates_follow_the_sqs_rules() -> anyhow::Result<()> {
         std::path::PathBuf::from,
     );
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let sam = root.join("deploy/sam/template.yaml");
-    let stacktape = root.join("deploy/stacktape/stacktape.yml");
+    let sam = root.join("examples/deploy/sam/template.yaml");
+    let stacktape = root.join("examples/deploy/stacktape/stacktape.yml");
     let lint = std::process::Command::new(tools.join("py/bin/cfn-lint"))
         .arg(&sam)
         .output()?;
@@ -403,7 +428,7 @@ fn the_deployment_templates_follow_the_sqs_rules() -> anyhow::Result<()> {
     );
     let check = |sam: &Path| -> anyhow::Result<std::process::Output> {
         Ok(std::process::Command::new(tools.join("py/bin/python"))
-            .arg(root.join("deploy/check.py"))
+            .arg(root.join("examples/deploy/check.py"))
             .arg(sam)
             .arg(&stacktape)
             .output()?)

@@ -36,14 +36,18 @@ use super::{Action, Delivered, Enqueued, Message, NewJob, Queue, QueueError, Set
 use crate::clock::Clock;
 use crate::outcome::Reason;
 
-/// SQS's longest visibility timeout (12 hours).
+/// SQS's longest visibility timeout (12 hours, counted from the receive).
 pub const MAX_VISIBILITY: Duration = Duration::from_secs(12 * 3600);
+/// The longest one hop hides a message: 12 h less 20 minutes, since the 12 h count from a
+/// receive that may be a Lambda timeout and a batching window ago.
+pub const MAX_HOP: Duration = Duration::from_secs(12 * 3600 - 20 * 60);
 /// SQS's longest `DelaySeconds` (15 minutes).
 pub const MAX_DELAY_SECONDS: Duration = Duration::from_secs(15 * 60);
 /// The most entries of one batch call.
 const BATCH: usize = 10;
-/// The longest error text kept in a dead-letter attribute.
-const MAX_ERROR_ATTRIBUTE: usize = 4096;
+/// The longest error text kept in a dead-letter attribute (the attributes count toward
+/// the message size).
+const MAX_ERROR_ATTRIBUTE: usize = 1024;
 
 /// How to reach and use a queue.
 #[derive(Clone, Debug)]
@@ -56,7 +60,7 @@ pub struct SqsOptions {
     pub wait: Duration,
     /// The most receive calls in flight at once.
     pub receive_loops: usize,
-    /// The longest a message is hidden in one hop (SQS allows 12 h; shorter in tests).
+    /// The longest a message is hidden in one hop ([`MAX_HOP`]; shorter in tests).
     pub max_hide: Duration,
 }
 
@@ -68,7 +72,7 @@ impl SqsOptions {
             dlq_url: None,
             wait: Duration::from_secs(20),
             receive_loops: 4,
-            max_hide: MAX_VISIBILITY,
+            max_hide: MAX_HOP,
         }
     }
 }
@@ -287,6 +291,10 @@ impl SqsQueue {
         let received_at = Instant::now();
         let mut delivered = Vec::new();
         let mut early = Vec::new();
+        let mut held = Vec::new();
+        // FIFO groups with an early (hidden) message: the rest of the group waits for it.
+        let mut blocked: Vec<String> = Vec::new();
+        let max_hide = self.options.max_hide.min(MAX_HOP);
         for message in out.messages.unwrap_or_default() {
             let (Some(receipt), Some(id)) = (message.receipt_handle, message.message_id) else {
                 continue;
@@ -305,11 +313,16 @@ impl SqsQueue {
             let now = self.now_ms();
             if let Some(due) = not_before.filter(|due| *due > now) {
                 // Early: hide it until it is due (at most one hop), without running it.
-                let hide = Duration::from_millis(due - now).min(self.options.max_hide);
+                let hide = Duration::from_millis(due - now).min(max_hide);
                 early.push((receipt, hide));
+                blocked.extend(group);
                 continue;
             }
-            let hops = early_receives(not_before, first_receive, self.options.max_hide);
+            if group.as_ref().is_some_and(|g| blocked.contains(g)) {
+                held.push((receipt, Duration::ZERO));
+                continue;
+            }
+            let hops = early_receives(not_before, first_receive, max_hide);
             let attempt = receives.saturating_sub(hops).max(1);
             self.received
                 .lock()
@@ -329,6 +342,10 @@ impl SqsQueue {
                 "hiding delayed jobs received before their time"
             );
             self.change_visibility(&self.options.queue_url, early).await;
+        }
+        if !held.is_empty() {
+            // Visible again at once; SQS holds them back while their group's head is hidden.
+            self.change_visibility(&self.options.queue_url, held).await;
         }
         Ok(delivered)
     }
@@ -464,6 +481,10 @@ impl SqsQueue {
                 }
                 Err(error) => last_error = Some(sdk_error("SendMessageBatch", error)),
             }
+            // On a FIFO queue a later chunk must not overtake one that failed.
+            if last_error.is_some() && self.facts.fifo && url == self.options.queue_url {
+                break;
+            }
         }
         if sent.is_empty()
             && let Some(error) = last_error
@@ -537,16 +558,20 @@ impl SqsQueue {
             );
             return Vec::new();
         };
-        let entries: Vec<_> = items
+        // (index into items, entry): an item without an entry is not moved, and stays.
+        let (indexes, entries): (Vec<usize>, Vec<_>) = items
             .iter()
-            .filter_map(|(delivered, reason, message)| {
+            .enumerate()
+            .filter_map(|(i, (delivered, reason, message))| {
                 dead_letter_entry(delivered, *reason, message, self.facts.dlq_fifo)
+                    .map(|entry| (i, entry))
             })
-            .collect();
+            .unzip();
         match self.send(&dlq_url, entries).await {
             Ok(sent) => sent
                 .into_iter()
-                .filter_map(|i| items.get(i).map(|(d, _, _)| d.receipt.clone()))
+                .filter_map(|i| indexes.get(i).and_then(|&item| items.get(item)))
+                .map(|(d, _, _)| d.receipt.clone())
                 .collect(),
             Err(error) => {
                 tracing::error!(%error, count = items.len(), "could not move jobs to the dead-letter queue; they stay in the queue and come back");
@@ -574,7 +599,19 @@ pub fn dead_letter_entry(
             .build()
             .ok()
     };
-    let mut error = message.to_string();
+    // SQS accepts only some characters in attribute values: replace the others.
+    let mut error: String = message
+        .chars()
+        .map(|c| match c {
+            '\t'
+            | '\n'
+            | '\r'
+            | '\u{20}'..='\u{D7FF}'
+            | '\u{E000}'..='\u{FFFD}'
+            | '\u{10000}'.. => c,
+            _ => '\u{FFFD}',
+        })
+        .collect();
     if error.len() > MAX_ERROR_ATTRIBUTE {
         let mut end = MAX_ERROR_ATTRIBUTE;
         while !error.is_char_boundary(end) {
@@ -693,6 +730,7 @@ impl Queue for SqsQueue {
 
     async fn settle(&self, batch: Vec<Settlement>) -> Result<(), QueueError> {
         let now = self.clock.now();
+        let receipts: Vec<String> = batch.iter().map(|s| s.delivered.receipt.clone()).collect();
         let mut delete = Vec::new();
         let mut retry = Vec::new();
         let mut dead = Vec::new();
@@ -749,10 +787,20 @@ impl Queue for SqsQueue {
             self.change_visibility(&url, retry).await;
         }
         self.delete(delete).await;
+        let mut received = self.received.lock().unwrap_or_else(|e| e.into_inner());
+        for receipt in &receipts {
+            received.remove(receipt);
+        }
         Ok(())
     }
 
     async fn release(&self, deliveries: Vec<Delivered>) -> Result<(), QueueError> {
+        {
+            let mut received = self.received.lock().unwrap_or_else(|e| e.into_inner());
+            for d in &deliveries {
+                received.remove(&d.receipt);
+            }
+        }
         let entries = deliveries
             .into_iter()
             .map(|d| (d.receipt, Duration::ZERO))
@@ -772,10 +820,15 @@ impl Queue for SqsQueue {
             .unzip();
         let sent = self.send(&self.options.queue_url, entries).await?;
         if sent.len() != ids.len() {
+            let sent_ids: Vec<&str> = sent
+                .iter()
+                .filter_map(|&i| ids.get(i).map(String::as_str))
+                .collect();
             return Err(QueueError(format!(
-                "{} of {} jobs were not sent",
+                "{} of {} jobs were not sent; sent: [{}]",
                 ids.len() - sent.len(),
-                ids.len()
+                ids.len(),
+                sent_ids.join(", ")
             )));
         }
         Ok(ids.into_iter().map(Enqueued::Created).collect())
@@ -784,9 +837,15 @@ impl Queue for SqsQueue {
     async fn extend(&self, deliveries: Vec<Delivered>, lease: Duration) -> Result<(), QueueError> {
         let entries = deliveries
             .into_iter()
-            .map(|d| {
+            .filter_map(|d| {
                 let cap = self.visibility_cap(&d.receipt);
-                (d.receipt, lease.min(cap))
+                if cap < Duration::from_secs(1) {
+                    // 12 h since the receive: SQS allows no more; it becomes visible when
+                    // its current visibility ends.
+                    tracing::warn!(job.id = %d.id, "running for 12 hours: its lease cannot be renewed");
+                    return None;
+                }
+                Some((d.receipt, lease.min(cap)))
             })
             .collect();
         self.change_visibility(&self.options.queue_url.clone(), entries)
