@@ -44,7 +44,7 @@ pub fn run(args: PackageArgs) -> anyhow::Result<ExitCode> {
     if size > 200 << 20 {
         eprintln!(
             "warning: {} is {} MB; a layer is at most 250 MB unzipped: build the bootstrap \
-             with `cargo build --profile lambda -p jobhost` (stripped)",
+             with `cargo build --profile bootstrap -p jobhost` (stripped)",
             bootstrap.display(),
             size >> 20
         );
