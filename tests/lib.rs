@@ -485,3 +485,73 @@ pub mod sqs {
             .build()?)
     }
 }
+
+/// A hook on a queue call: an error fails the call before it reaches the queue.
+pub type Hook<T> = Box<dyn Fn(&T) -> Result<(), jobhost::queue::QueueError> + Send + Sync>;
+
+/// A queue that hands every call to `inner`, after a hook on receives and one on settles
+/// (to inject faults, or to record what the runner settled).
+pub struct Observed<Q> {
+    /// The queue that does the work.
+    pub inner: Q,
+    /// Called before each receive with the most asked for.
+    pub on_receive: Hook<usize>,
+    /// Called before each settle with the batch.
+    pub on_settle: Hook<Vec<jobhost::queue::Settlement>>,
+}
+
+impl<Q> Observed<Q> {
+    /// No hooks yet.
+    pub fn new(inner: Q) -> Self {
+        Self {
+            inner,
+            on_receive: Box::new(|_| Ok(())),
+            on_settle: Box::new(|_| Ok(())),
+        }
+    }
+}
+
+impl<Q: jobhost::queue::Queue> jobhost::queue::Queue for Observed<Q> {
+    async fn receive(
+        &self,
+        max: usize,
+        lease: std::time::Duration,
+    ) -> Result<Vec<jobhost::queue::Delivered>, jobhost::queue::QueueError> {
+        (self.on_receive)(&max)?;
+        self.inner.receive(max, lease).await
+    }
+
+    async fn settle(
+        &self,
+        batch: Vec<jobhost::queue::Settlement>,
+    ) -> Result<(), jobhost::queue::QueueError> {
+        (self.on_settle)(&batch)?;
+        self.inner.settle(batch).await
+    }
+
+    async fn release(
+        &self,
+        deliveries: Vec<jobhost::queue::Delivered>,
+    ) -> Result<(), jobhost::queue::QueueError> {
+        self.inner.release(deliveries).await
+    }
+
+    async fn enqueue(
+        &self,
+        jobs: Vec<jobhost::queue::NewJob>,
+    ) -> Result<Vec<jobhost::queue::Enqueued>, jobhost::queue::QueueError> {
+        self.inner.enqueue(jobs).await
+    }
+
+    async fn extend(
+        &self,
+        deliveries: Vec<jobhost::queue::Delivered>,
+        lease: std::time::Duration,
+    ) -> Result<(), jobhost::queue::QueueError> {
+        self.inner.extend(deliveries, lease).await
+    }
+
+    async fn is_idle(&self) -> Result<bool, jobhost::queue::QueueError> {
+        self.inner.is_idle().await
+    }
+}

@@ -3,57 +3,22 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::Duration;
 
 use jobhost::queue::memory::MemoryQueue;
-use jobhost::queue::{Delivered, Enqueued, NewJob, Queue, QueueError, Settlement};
+use jobhost::queue::{NewJob, Queue, QueueError};
 use jobhost::runner::Termination;
-use jobhost_tests::{Handlers, drain_queue, fixtures};
+use jobhost_tests::{Handlers, Observed, drain_queue, fixtures};
 use serde_json::json;
 
-/// The in-memory queue, with its first `failures` settle calls and receive calls failing.
-struct Flaky {
-    inner: MemoryQueue,
-    settle_failures: AtomicU32,
-    receive_failures: AtomicU32,
-}
-
-fn fail(counter: &AtomicU32) -> bool {
-    counter
-        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-        .is_ok()
-}
-
-impl Queue for Flaky {
-    async fn receive(&self, max: usize, lease: Duration) -> Result<Vec<Delivered>, QueueError> {
-        if fail(&self.receive_failures) {
-            return Err(QueueError("disk unreachable".into()));
+/// A hook that fails its first `failures` calls (a disk that comes back).
+fn failing<T>(failures: u32) -> jobhost_tests::Hook<T> {
+    let left = AtomicU32::new(failures);
+    Box::new(move |_| {
+        match left.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)) {
+            Ok(_) => Err(QueueError("disk unreachable".into())),
+            Err(_) => Ok(()),
         }
-        self.inner.receive(max, lease).await
-    }
-
-    async fn settle(&self, batch: Vec<Settlement>) -> Result<(), QueueError> {
-        if fail(&self.settle_failures) {
-            return Err(QueueError("disk unreachable".into()));
-        }
-        self.inner.settle(batch).await
-    }
-
-    async fn release(&self, deliveries: Vec<Delivered>) -> Result<(), QueueError> {
-        self.inner.release(deliveries).await
-    }
-
-    async fn enqueue(&self, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>, QueueError> {
-        self.inner.enqueue(jobs).await
-    }
-
-    async fn extend(&self, deliveries: Vec<Delivered>, lease: Duration) -> Result<(), QueueError> {
-        self.inner.extend(deliveries, lease).await
-    }
-
-    async fn is_idle(&self) -> Result<bool, QueueError> {
-        self.inner.is_idle().await
-    }
+    })
 }
 
 #[test]
@@ -82,11 +47,10 @@ fn a_queue_that_fails_to_record_results_loses_no_job() -> anyhow::Result<()> {
     let handlers = Handlers::new()?;
     handlers.add(fixtures::ECHO, "echo")?;
     let dispatcher = Arc::new(handlers.dispatcher()?);
-    let queue = Arc::new(Flaky {
-        inner: MemoryQueue::new(),
-        settle_failures: AtomicU32::new(2),
-        receive_failures: AtomicU32::new(2),
-    });
+    let mut flaky = Observed::new(MemoryQueue::new());
+    flaky.on_receive = failing(2);
+    flaky.on_settle = failing(2);
+    let queue = Arc::new(flaky);
     let jobs: Vec<NewJob> = (0..20)
         .map(|i| NewJob::new("echo", json!({"message": format!("m{i}")})))
         .collect();

@@ -7,10 +7,10 @@ use std::time::{Duration, Instant, SystemTime};
 
 use jobhost::clock::{Clock, ManualClock, SystemClock};
 use jobhost::queue::sqs::{SqsOptions, SqsQueue};
-use jobhost::queue::{Action, Delivered, Enqueued, NewJob, Queue, QueueError, Settlement};
+use jobhost::queue::{Action, Delivered, NewJob, Queue, Settlement};
 use jobhost::runner::{RunOptions, Runner};
 use jobhost_tests::sqs::{self, QueuePair, Received};
-use jobhost_tests::{Handlers, fixtures, jobhost_command};
+use jobhost_tests::{Handlers, Observed, fixtures, jobhost_command};
 use serde_json::{Value, json};
 
 fn handlers() -> anyhow::Result<Handlers> {
@@ -259,48 +259,6 @@ fn body(delivered: &Delivered) -> &[u8] {
     }
 }
 
-/// A queue that records the order in which jobs were settled done.
-struct Recording<Q> {
-    inner: Q,
-    done: Mutex<Vec<String>>,
-}
-
-impl<Q: Queue> Queue for Recording<Q> {
-    async fn receive(&self, max: usize, lease: Duration) -> Result<Vec<Delivered>, QueueError> {
-        self.inner.receive(max, lease).await
-    }
-    async fn settle(&self, batch: Vec<Settlement>) -> Result<(), QueueError> {
-        {
-            let mut done = self.done.lock().unwrap_or_else(|e| e.into_inner());
-            for s in &batch {
-                if matches!(s.action, Action::Done { .. }) {
-                    let envelope: Value =
-                        serde_json::from_slice(body(&s.delivered)).unwrap_or_default();
-                    done.push(
-                        envelope["payload"]["message"]
-                            .as_str()
-                            .unwrap_or("transient")
-                            .to_string(),
-                    );
-                }
-            }
-        }
-        self.inner.settle(batch).await
-    }
-    async fn release(&self, deliveries: Vec<Delivered>) -> Result<(), QueueError> {
-        self.inner.release(deliveries).await
-    }
-    async fn enqueue(&self, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>, QueueError> {
-        self.inner.enqueue(jobs).await
-    }
-    async fn extend(&self, deliveries: Vec<Delivered>, lease: Duration) -> Result<(), QueueError> {
-        self.inner.extend(deliveries, lease).await
-    }
-    async fn is_idle(&self) -> Result<bool, QueueError> {
-        self.inner.is_idle().await
-    }
-}
-
 #[test]
 fn fifo_groups_run_in_order_and_a_failure_holds_the_rest_of_its_group() -> anyhow::Result<()> {
     let handlers = handlers()?;
@@ -326,16 +284,33 @@ fn fifo_groups_run_in_order_and_a_failure_holds_the_rest_of_its_group() -> anyho
             jobs.push(job);
         }
         queue.enqueue(jobs).await?;
-        let recording = Arc::new(Recording {
-            inner: queue,
-            done: Mutex::default(),
+        // Records the order in which jobs were settled done.
+        let done: Arc<Mutex<Vec<String>>> = Arc::default();
+        let mut recording = Observed::new(queue);
+        let log = done.clone();
+        recording.on_settle = Box::new(move |batch: &Vec<Settlement>| {
+            let mut log = log.lock().unwrap_or_else(|e| e.into_inner());
+            for s in batch
+                .iter()
+                .filter(|s| matches!(s.action, Action::Done { .. }))
+            {
+                let envelope: Value =
+                    serde_json::from_slice(body(&s.delivered)).unwrap_or_default();
+                log.push(
+                    envelope["payload"]["message"]
+                        .as_str()
+                        .unwrap_or("transient")
+                        .to_string(),
+                );
+            }
+            Ok(())
         });
         let mut options = RunOptions::new(4, Duration::from_secs(10));
         options.lease = Duration::from_secs(10);
         options.drain = true;
         let (_stop, stopped) = tokio::sync::watch::channel(false);
         let summary = Runner::new(
-            recording.clone(),
+            Arc::new(recording),
             dispatcher,
             Arc::new(SystemClock),
             options,
@@ -343,11 +318,7 @@ fn fifo_groups_run_in_order_and_a_failure_holds_the_rest_of_its_group() -> anyho
         .run(stopped)
         .await;
         assert_eq!((summary.done, summary.retried), (6, 1), "{summary:?}");
-        let order = recording
-            .done
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+        let order = done.lock().unwrap_or_else(|e| e.into_inner()).clone();
         anyhow::Ok(order)
     })?;
     assert_eq!(order, ["1", "2", "transient", "4", "5", "6"]);
