@@ -206,7 +206,13 @@ impl<Q: Queue> Runner<Q> {
         stopping.store(true, Ordering::SeqCst);
         drop(jobs_tx);
         let unfinished = self.join_workers(workers, &counters).await;
-        let _ = settler.await;
+        if unfinished == 0 {
+            let _ = settler.await;
+        } else {
+            // Workers past the grace still hold their result senders: record what is in
+            // hand, then stop waiting (their leases expire and the jobs run again).
+            let _ = tokio::time::timeout(Duration::from_secs(2), settler).await;
+        }
         renewer.abort();
         let termination = match termination {
             Termination::Drained => Termination::Drained,

@@ -103,7 +103,7 @@ pub fn serve_sqs(config: &HostConfig, options: SqsServeOptions) -> anyhow::Resul
     let dispatcher = Arc::new(config.start()?);
     let concurrency = options.concurrency.unwrap_or_else(default_concurrency);
     let runtime = io_runtime()?;
-    runtime.block_on(async move {
+    let result = runtime.block_on(async move {
         // Messages received ahead are hidden from other consumers: keep that few.
         let prefetch = concurrency.max(10);
         let loops = (concurrency + prefetch).div_ceil(10).clamp(1, 8);
@@ -141,7 +141,10 @@ pub fn serve_sqs(config: &HostConfig, options: SqsServeOptions) -> anyhow::Resul
         let summary = runner.run(stopped).await;
         let _ = stop.send(true);
         Ok(summary)
-    })
+    });
+    // A worker still running past the grace keeps a blocking task joining it: do not wait.
+    runtime.shutdown_timeout(Duration::from_millis(100));
+    result
 }
 
 /// Runs the host until drained or signalled.
@@ -172,7 +175,7 @@ pub fn serve(config: &HostConfig, options: ServeOptions) -> anyhow::Result<RunSu
         run.lease = lease;
     }
     let runtime = io_runtime()?;
-    runtime.block_on(async move {
+    let result = runtime.block_on(async move {
         let (stop, stopped) = watch::channel(false);
         tokio::spawn(watch_signals(stop.clone()));
         let runner = Runner::new(Arc::new(queue.clone()), dispatcher.clone(), queue.clock().clone(), run.clone());
@@ -201,7 +204,10 @@ pub fn serve(config: &HostConfig, options: ServeOptions) -> anyhow::Result<RunSu
         let summary = runner.run(stopped).await;
         let _ = stop.send(true);
         Ok(summary)
-    })
+    });
+    // A worker still running past the grace keeps a blocking task joining it: do not wait.
+    runtime.shutdown_timeout(Duration::from_millis(100));
+    result
 }
 
 /// The runtime for queue I/O, signals and the HTTP API (jobs run on worker threads).

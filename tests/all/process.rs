@@ -181,6 +181,45 @@ fn sigterm_lets_running_jobs_finish_and_gives_back_the_rest() -> anyhow::Result<
 }
 
 #[test]
+fn a_job_past_the_grace_period_does_not_hold_the_host_up() -> anyhow::Result<()> {
+    let handlers = Handlers::new()?;
+    handlers.add(fixtures::BUSY, "busy")?;
+    handlers.sidecar(
+        "busy",
+        "toml",
+        "[limits]\ntimeout-ms = 60_000\nfuel = 1_000_000_000_000\n",
+    )?;
+    let dir = tempfile::tempdir()?;
+    let db = dir.path().join("q.db");
+    let queue = SqliteQueue::open(&db)?;
+    queue.enqueue_now(&[NewJob::new("busy", json!({"i": 1, "ms": 30_000}))])?;
+    let mut child = spawn_run(&handlers, &db, &["--concurrency", "1", "--grace", "1s"])?;
+    wait_for("the job running", Duration::from_secs(60), || {
+        Ok(count(&queue, "running")? == 1)
+    })?;
+    let signalled = Instant::now();
+    sigterm(&child)?;
+    let (code, out) = wait_exit(&mut child, Duration::from_secs(15))?;
+    assert!(
+        signalled.elapsed() < Duration::from_secs(10),
+        "exited after {:?}",
+        signalled.elapsed()
+    );
+    assert_eq!(code, 0, "{out}");
+    let summary: Value = serde_json::from_str(out.trim())?;
+    assert_eq!(
+        (
+            summary["termination"].as_str(),
+            summary["unfinished"].as_u64()
+        ),
+        (Some("shutdown"), Some(1))
+    );
+    // Not lost: still leased to the stopped host, it runs again when the lease expires.
+    assert_eq!(count(&queue, "running")?, 1);
+    Ok(())
+}
+
+#[test]
 fn the_http_api_answers_with_the_right_status_codes() -> anyhow::Result<()> {
     let handlers = Handlers::new()?;
     handlers.add(fixtures::ECHO, "echo")?;
