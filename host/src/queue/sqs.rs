@@ -352,12 +352,7 @@ impl SqsQueue {
 
     /// `ChangeMessageVisibilityBatch` for `(receipt, timeout)` pairs; entries that fail
     /// (a receipt no longer valid: the message was deleted or received again) are logged.
-    pub(crate) async fn change_visibility(
-        &self,
-        url: &str,
-        entries: Vec<(String, Duration)>,
-    ) -> usize {
-        let mut failed = 0;
+    pub(crate) async fn change_visibility(&self, url: &str, entries: Vec<(String, Duration)>) {
         for chunk in entries.chunks(BATCH) {
             let batch: Vec<_> = chunk
                 .iter()
@@ -371,32 +366,24 @@ impl SqsQueue {
                         .ok()
                 })
                 .collect();
-            match self
+            let result = self
                 .client
                 .change_message_visibility_batch()
                 .queue_url(url)
                 .set_entries(Some(batch))
                 .send()
                 .await
-            {
-                Ok(out) => {
-                    for entry in out.failed {
-                        failed += 1;
-                        tracing::warn!(code = %entry.code, message = ?entry.message, "ChangeMessageVisibility failed for one message");
-                    }
-                }
-                Err(error) => {
-                    failed += chunk.len();
-                    tracing::error!(error = %sdk_error("ChangeMessageVisibilityBatch", error), "visibility not changed; the messages come back when their visibility ends");
-                }
-            }
+                .map(|out| out.failed)
+                .map_err(|e| sdk_error("ChangeMessageVisibilityBatch", e));
+            log_failures(
+                result,
+                "visibility not changed; the message comes back when its visibility ends",
+            );
         }
-        failed
     }
 
-    /// `DeleteMessageBatch`; returns how many could not be deleted (they come back).
-    async fn delete(&self, receipts: Vec<String>) -> usize {
-        let mut failed = 0;
+    /// `DeleteMessageBatch`; a message that could not be deleted comes back.
+    async fn delete(&self, receipts: Vec<String>) {
         for chunk in receipts.chunks(BATCH) {
             let batch: Vec<_> = chunk
                 .iter()
@@ -409,31 +396,17 @@ impl SqsQueue {
                         .ok()
                 })
                 .collect();
-            match self
+            let result = self
                 .client
                 .delete_message_batch()
                 .queue_url(&self.options.queue_url)
                 .set_entries(Some(batch))
                 .send()
                 .await
-            {
-                Ok(out) => {
-                    for entry in out.failed {
-                        failed += 1;
-                        tracing::warn!(code = %entry.code, message = ?entry.message, "a message could not be deleted; it will be delivered again");
-                    }
-                }
-                Err(error) => {
-                    failed += chunk.len();
-                    tracing::error!(error = %sdk_error("DeleteMessageBatch", error), "messages not deleted; they will be delivered again");
-                }
-            }
+                .map(|out| out.failed)
+                .map_err(|e| sdk_error("DeleteMessageBatch", e));
+            log_failures(result, "not deleted; the message will be delivered again");
         }
-        let mut received = self.received.lock().unwrap_or_else(|e| e.into_inner());
-        for receipt in &receipts {
-            received.remove(receipt);
-        }
-        failed
     }
 
     /// Sends entries to `url` in batches; returns the indexes (into `entries`) that were
@@ -578,6 +551,22 @@ impl SqsQueue {
                 Vec::new()
             }
         }
+    }
+}
+
+/// Logs the entries a batch call could not apply, or the whole call's failure; `what`
+/// says what that means for each message.
+fn log_failures(
+    result: Result<Vec<aws_sdk_sqs::types::BatchResultErrorEntry>, QueueError>,
+    what: &str,
+) {
+    match result {
+        Ok(failed) => {
+            for entry in failed {
+                tracing::warn!(code = %entry.code, message = ?entry.message, "one entry of a batch call failed: {what}");
+            }
+        }
+        Err(error) => tracing::error!(%error, "a batch call failed: {what}"),
     }
 }
 
