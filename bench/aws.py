@@ -58,6 +58,37 @@ def cpu_of(args, env):
     return cpu, elapsed, json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def idle_latency(sqs, env, handlers, jobs=20):
+    """One job at a time on an idle queue, the host long-polling with its defaults (20 s
+    waits): time from SendMessage to the message deleted (done), as seen by polling the
+    queue's counts every 2 ms. Medians of `jobs`."""
+    dlq = sqs.create_queue(QueueName="idle-dlq")["QueueUrl"]
+    url = sqs.create_queue(QueueName="idle", Attributes={"VisibilityTimeout": "30"})["QueueUrl"]
+    host = subprocess.Popen([JOBHOST, "run", "--queue", url, "--dlq-url", dlq, "--plugins", handlers],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    names = ["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"]
+    latencies = []
+    try:
+        time.sleep(2)  # started and long-polling
+        for _ in range(jobs):
+            sent = time.perf_counter()
+            sqs.send_message(QueueUrl=url, MessageBody=json.dumps({"job": "noop", "payload": {}}))
+            while True:
+                attrs = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=names)["Attributes"]
+                if all(attrs[n] == "0" for n in names):
+                    break
+                if time.perf_counter() - sent > 60:
+                    raise SystemExit("a job on the idle queue was not done within 60 s")
+                time.sleep(0.002)
+            latencies.append((time.perf_counter() - sent) * 1000)
+            time.sleep(0.3)  # idle again between jobs
+    finally:
+        host.kill()
+        host.wait()
+    print(f"sqs idle send_to_done_ms_median={statistics.median(latencies):.1f} "
+          f"max={max(latencies):.1f} jobs={jobs} (long polls of 20 s, counts polled every 2 ms)")
+
+
 def main():
     moto_port, lambda_port = free_port(), free_port()
     moto = subprocess.Popen([f"{TOOLS}/bin/moto_server", "-H", "127.0.0.1", "-p", str(moto_port)],
@@ -104,6 +135,7 @@ def main():
         sqlite_us = cpu / N * 1e6
         print(f"sqs host_cpu_us_per_msg={sqs_us:.1f} sqlite host_cpu_us_per_msg={sqlite_us:.1f} "
               f"ratio={sqs_us / sqlite_us:.2f} (N={N}, SQS drain wall {elapsed:.1f}s: moto-bound)")
+        idle_latency(sqs, env, handlers)
 
         # Lambda: 10 handlers packaged for this machine, read-only, as on Lambda.
         ten = os.path.join(work, "ten")

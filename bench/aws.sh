@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The host's own time on SQS (beside the SQLite queue) and the Lambda cold start, in one run
-# on loopback (moto and cargo-lambda's emulator from the tools venv that the xtask installs).
+# on loopback (moto and cargo-lambda's emulator from the tools venv that the xtask installs),
+# and the send-to-done latency of one job at a time on an idle SQS queue.
 # Usage: bench/aws.sh [N] [RUNS]   (defaults N=2000 messages, RUNS=15 cold starts)
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -108,7 +108,35 @@ struct Counters {
     retried: AtomicU64,
     dead: AtomicU64,
     released: AtomicU64,
+    /// Deliveries received and not yet settled.
     in_flight: AtomicUsize,
+    /// Room taken by receive calls still in flight.
+    reserved: AtomicUsize,
+}
+
+impl Counters {
+    /// Takes up to `most` of the room left under `limit` (in flight plus reserved) for one
+    /// receive call; 0 when there is none.
+    fn reserve(&self, limit: usize, most: usize) -> usize {
+        loop {
+            let reserved = self.reserved.load(Ordering::SeqCst);
+            let taken = self.in_flight.load(Ordering::SeqCst) + reserved;
+            let room = limit.saturating_sub(taken).min(most);
+            if room == 0
+                || self
+                    .reserved
+                    .compare_exchange(
+                        reserved,
+                        reserved + room,
+                        Ordering::SeqCst,
+                        Ordering::SeqCst,
+                    )
+                    .is_ok()
+            {
+                return room;
+            }
+        }
+    }
 }
 
 enum WorkerResult {
@@ -178,7 +206,7 @@ impl<Q: Queue> Runner<Q> {
     }
 
     /// Runs until drained or until `shutdown` turns true.
-    pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> RunSummary {
+    pub async fn run(self, shutdown: watch::Receiver<bool>) -> RunSummary {
         let counters = Arc::new(Counters::default());
         let stopping = Arc::new(AtomicBool::new(false));
         let capacity = Arc::new(Notify::new());
@@ -200,7 +228,7 @@ impl<Q: Queue> Runner<Q> {
             self.options.lease,
         ));
         let termination = self
-            .poll_loop(&jobs_tx, &counters, &capacity, &mut shutdown, &leased)
+            .poll_loop(&jobs_tx, &counters, &capacity, &shutdown, &leased)
             .await;
         // Stop: workers finish the job in hand and hand back what they have not started.
         stopping.store(true, Ordering::SeqCst);
@@ -229,13 +257,41 @@ impl<Q: Queue> Runner<Q> {
         }
     }
 
+    /// Keeps [`Queue::receivers`] receive calls in flight, each handing its deliveries to
+    /// the workers as soon as it returns; ends when one of them ends (drained or shut down).
     async fn poll_loop(
         &self,
         jobs: &crossbeam_channel::Sender<Vec<Delivered>>,
         counters: &Counters,
         capacity: &Notify,
-        shutdown: &mut watch::Receiver<bool>,
+        shutdown: &watch::Receiver<bool>,
         leased: &Leased,
+    ) -> Termination {
+        let receivers = self.queue.receivers().max(1);
+        // Each call takes its share of the room, so every loop has a call in flight.
+        let max_in_flight = self.options.concurrency + self.options.prefetch;
+        let per_call = max_in_flight.div_ceil(receivers).min(MAX_BATCH);
+        let loops = (0..receivers).map(|_| {
+            Box::pin(self.receive_loop(
+                jobs,
+                counters,
+                capacity,
+                shutdown.clone(),
+                leased,
+                per_call,
+            ))
+        });
+        futures_util::future::select_all(loops).await.0
+    }
+
+    async fn receive_loop(
+        &self,
+        jobs: &crossbeam_channel::Sender<Vec<Delivered>>,
+        counters: &Counters,
+        capacity: &Notify,
+        mut shutdown: watch::Receiver<bool>,
+        leased: &Leased,
+        per_call: usize,
     ) -> Termination {
         let max_in_flight = self.options.concurrency + self.options.prefetch;
         let mut idle = Duration::from_millis(1);
@@ -247,11 +303,12 @@ impl<Q: Queue> Runner<Q> {
                     unfinished: 0,
                 };
             }
-            let in_flight = counters.in_flight.load(Ordering::SeqCst);
-            let room = max_in_flight.saturating_sub(in_flight).min(MAX_BATCH);
+            let room = counters.reserve(max_in_flight, per_call);
             if room == 0 {
+                // Another loop may take the freed room first: look again after a while.
                 tokio::select! {
                     _ = capacity.notified() => {}
+                    _ = tokio::time::sleep(IDLE_POLL_MAX) => {}
                     _ = shutdown.changed() => {}
                 }
                 continue;
@@ -260,10 +317,17 @@ impl<Q: Queue> Runner<Q> {
             // hidden until its visibility ends, then comes back.
             let received = tokio::select! {
                 received = self.queue.receive(room, self.options.lease) => received,
-                _ = shutdown.changed() => continue,
+                _ = shutdown.changed() => {
+                    counters.reserved.fetch_sub(room, Ordering::SeqCst);
+                    continue;
+                }
             };
+            let got = received.as_ref().map_or(0, Vec::len);
+            counters.in_flight.fetch_add(got, Ordering::SeqCst);
+            counters.reserved.fetch_sub(room, Ordering::SeqCst);
             match received {
                 Ok(batch) if batch.is_empty() => {
+                    let in_flight = counters.in_flight.load(Ordering::SeqCst);
                     if self.options.drain
                         && in_flight == 0
                         && self.queue.is_idle().await.unwrap_or(false)
@@ -281,8 +345,8 @@ impl<Q: Queue> Runner<Q> {
                 Ok(batch) => {
                     idle = Duration::from_millis(1);
                     error_backoff = Duration::from_millis(100);
-                    counters.in_flight.fetch_add(batch.len(), Ordering::SeqCst);
                     {
+                        // Leased from the moment of receipt: renewed while it waits or runs.
                         let mut leased = leased.lock().await;
                         for delivered in &batch {
                             leased.insert(delivered.receipt.clone(), delivered.clone());
@@ -524,6 +588,8 @@ async fn settle_loop<Q: Queue>(
         }
         drop(leased);
         counters.in_flight.fetch_sub(count, Ordering::SeqCst);
+        // Every waiting receive loop looks again; a loop not yet waiting finds the permit.
+        capacity.notify_waiters();
         capacity.notify_one();
         settled_notify.notify_waiters();
     }

@@ -523,3 +523,164 @@ fn the_host_rides_out_the_sqs_server_going_away_and_loses_nothing() -> anyhow::R
     assert_eq!(summary["termination"], "shutdown");
     Ok(())
 }
+
+/// A `jobhost run` over SQS with the default 20 s long polls, killed when dropped.
+struct Host(std::process::Child);
+
+impl Host {
+    fn start(handlers: &Handlers, queue: &QueuePair, extra: &[&str]) -> anyhow::Result<Self> {
+        let mut command = jobhost_command()?;
+        command
+            .args(["run", "--queue", &queue.url, "--plugins"])
+            .arg(handlers.path())
+            .args(extra)
+            .stdout(std::process::Stdio::piped());
+        sqs::aws_env(&mut command)?;
+        Ok(Self(command.spawn()?))
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Waits until the queue holds nothing (visible, in flight or delayed); returns when.
+async fn until_empty(
+    client: &aws_sdk_sqs::Client,
+    url: &str,
+    limit: Duration,
+) -> anyhow::Result<Instant> {
+    let started = Instant::now();
+    while started.elapsed() < limit {
+        if sqs::counts(client, url).await? == (0, 0, 0) {
+            return Ok(Instant::now());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    anyhow::bail!("the queue still holds messages after {limit:?}")
+}
+
+#[test]
+fn on_an_idle_queue_each_job_is_done_within_seconds_of_being_sent() -> anyhow::Result<()> {
+    let rt = sqs::runtime()?;
+    let client = rt.block_on(sqs::client())?;
+    let queue = rt.block_on(sqs::queue_pair(&client, "idle", 30, false))?;
+    let handlers = handlers()?;
+    let _host = Host::start(&handlers, &queue, &[])?;
+    // Let the host start and settle into its long polls.
+    std::thread::sleep(Duration::from_secs(2));
+    for i in 0..4 {
+        let body = json!({"job": "echo", "payload": {"message": format!("m{i}")}}).to_string();
+        let sent = Instant::now();
+        rt.block_on(sqs::send_raw(&client, &queue.url, &[body]))?;
+        let done = rt.block_on(until_empty(&client, &queue.url, Duration::from_secs(30)))?;
+        let latency = done - sent;
+        assert!(
+            latency < Duration::from_secs(5),
+            "job {i} was done {latency:?} after it was sent"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn with_a_visibility_shorter_than_the_long_poll_no_job_runs_twice() -> anyhow::Result<()> {
+    let rt = sqs::runtime()?;
+    let client = rt.block_on(sqs::client())?;
+    let queue = rt.block_on(sqs::queue_pair(&client, "short-vis", 10, false))?;
+    let handlers = handlers()?;
+    for i in 0..3 {
+        enqueue(
+            &handlers,
+            &queue,
+            &["busy", &json!({"i": i, "ms": 500}).to_string()],
+        )?;
+    }
+    // Several receive calls with 20 s waits and a 10 s visibility timeout.
+    let mut command = jobhost_command()?;
+    command
+        .args([
+            "run",
+            "--drain",
+            "--concurrency",
+            "8",
+            "--queue",
+            &queue.url,
+            "--plugins",
+        ])
+        .arg(handlers.path());
+    sqs::aws_env(&mut command)?;
+    let output = command.output()?;
+    anyhow::ensure!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let summary: Value = serde_json::from_str(
+        String::from_utf8(output.stdout)?
+            .lines()
+            .last()
+            .unwrap_or_default(),
+    )?;
+    assert_eq!(
+        (
+            summary["done"].as_u64(),
+            summary["retried"].as_u64(),
+            summary["dead"].as_u64()
+        ),
+        (Some(3), Some(0), Some(0)),
+        "each of the 3 jobs runs exactly once: {summary}"
+    );
+    Ok(())
+}
+
+#[test]
+fn drain_exits_within_one_long_poll_of_the_last_job() -> anyhow::Result<()> {
+    let rt = sqs::runtime()?;
+    let client = rt.block_on(sqs::client())?;
+    let queue = rt.block_on(sqs::queue_pair(&client, "drain-exit", 30, false))?;
+    let handlers = handlers()?;
+    let bodies: Vec<String> = (0..200)
+        .map(|i| json!({"job": "echo", "payload": {"message": format!("m{i}")}}).to_string())
+        .collect();
+    rt.block_on(async {
+        for chunk in bodies.chunks(10) {
+            let entries = chunk.iter().enumerate().map(|(i, body)| {
+                aws_sdk_sqs::types::SendMessageBatchRequestEntry::builder()
+                    .id(i.to_string())
+                    .message_body(body)
+                    .build()
+            });
+            client
+                .send_message_batch()
+                .queue_url(&queue.url)
+                .set_entries(Some(entries.collect::<Result<Vec<_>, _>>()?))
+                .send()
+                .await?;
+        }
+        anyhow::Ok(())
+    })?;
+    let mut host = Host::start(&handlers, &queue, &["--drain"])?;
+    let last_done = rt.block_on(until_empty(&client, &queue.url, Duration::from_secs(60)))?;
+    let deadline = last_done + Duration::from_secs(20 + 8);
+    let status = loop {
+        if let Some(status) = host.0.try_wait()? {
+            break status;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "run --drain still running {:?} after the last job was done",
+            last_done.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(status.success());
+    let mut stdout = String::new();
+    std::io::Read::read_to_string(host.0.stdout.as_mut().expect("piped"), &mut stdout)?;
+    let summary: Value = serde_json::from_str(stdout.lines().last().unwrap_or_default())?;
+    assert_eq!(summary["done"].as_u64(), Some(200), "{summary}");
+    Ok(())
+}

@@ -145,7 +145,7 @@ impl Action {
                     .map(|child| NewJob {
                         id: Some(child.id.clone()),
                         name: child.job.clone(),
-                        payload: child.payload.clone(),
+                        payload: child.payload_value(),
                         run_at: child.delay_ms.map(|ms| now + Duration::from_millis(ms)),
                         priority: child.priority.unwrap_or(0),
                         unique_key: child.unique_key.clone(),
@@ -229,4 +229,11 @@ pub trait Queue: Send + Sync + 'static {
 
     /// Whether nothing is due now and nothing is running (`run --drain` exits then).
     fn is_idle(&self) -> impl Future<Output = Result<bool, QueueError>> + Send;
+
+    /// How many receive calls the runner keeps in flight at once. A backend whose receive
+    /// returns at once says 1; a long-polling one (SQS) says more, and each call's
+    /// deliveries go to the workers as soon as that call returns.
+    fn receivers(&self) -> usize {
+        1
+    }
 }

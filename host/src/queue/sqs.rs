@@ -1,8 +1,9 @@
 //! The AWS SQS backend (standard and FIFO queues), and the SQS rules the Lambda runtime
 //! shares with it.
 //!
-//! - Receive: long polling (up to 20 s, up to 10 messages a call), several calls at once
-//!   when more room is asked for; the lease is the message visibility, renewed by the runner
+//! - Receive: long polling (up to 20 s, up to 10 messages a call); the runner keeps
+//!   several calls in flight ([`Queue::receivers`]) and starts each call's jobs as soon as
+//!   it returns; the lease is the message visibility, renewed by the runner
 //!   through [`Queue::extend`] (`ChangeMessageVisibilityBatch`) while a job runs.
 //! - Attempts: `ApproximateReceiveCount` (at least the real count), less the early receives
 //!   of a delayed job (see below).
@@ -58,7 +59,7 @@ pub struct SqsOptions {
     pub dlq_url: Option<String>,
     /// Long-polling wait of each receive call (at most 20 s).
     pub wait: Duration,
-    /// The most receive calls in flight at once.
+    /// The most receive calls in flight at once (each its own long poll).
     pub receive_loops: usize,
     /// The longest a message is hidden in one hop ([`MAX_HOP`]; shorter in tests).
     pub max_hide: Duration,
@@ -444,7 +445,7 @@ impl SqsQueue {
                         }
                     }
                     for entry in out.failed {
-                        tracing::warn!(code = %entry.code, message = ?entry.message, "a message could not be sent");
+                        tracing::warn!(code = %entry.code, error = ?entry.message, "a message could not be sent");
                         last_error = Some(QueueError(format!(
                             "SendMessageBatch entry failed: {} {}",
                             entry.code,
@@ -563,7 +564,7 @@ fn log_failures(
     match result {
         Ok(failed) => {
             for entry in failed {
-                tracing::warn!(code = %entry.code, message = ?entry.message, "one entry of a batch call failed: {what}");
+                tracing::warn!(code = %entry.code, error = ?entry.message, call = what, "one entry of a batch call failed");
             }
         }
         Err(error) => tracing::error!(%error, "a batch call failed: {what}"),
@@ -689,32 +690,10 @@ pub(crate) fn early_receives(
 }
 
 impl Queue for SqsQueue {
+    /// One long poll for up to 10 messages; the runner keeps `receive_loops` of them in
+    /// flight, so one call's messages never wait for another call's wait to end.
     async fn receive(&self, max: usize, lease: Duration) -> Result<Vec<Delivered>, QueueError> {
-        let calls = max
-            .div_ceil(BATCH)
-            .clamp(1, self.options.receive_loops.max(1));
-        if calls == 1 {
-            return self.receive_once(max, lease).await;
-        }
-        let mut set = tokio::task::JoinSet::new();
-        for i in 0..calls {
-            let queue = self.clone();
-            let take = (max - i * BATCH).min(BATCH);
-            set.spawn(async move { queue.receive_once(take, lease).await });
-        }
-        let mut all = Vec::new();
-        let mut error = None;
-        while let Some(result) = set.join_next().await {
-            match result {
-                Ok(Ok(batch)) => all.extend(batch),
-                Ok(Err(e)) => error = Some(e),
-                Err(e) => error = Some(QueueError(e.to_string())),
-            }
-        }
-        match error {
-            Some(error) if all.is_empty() => Err(error),
-            _ => Ok(all),
-        }
+        self.receive_once(max, lease).await
     }
 
     async fn settle(&self, batch: Vec<Settlement>) -> Result<(), QueueError> {
@@ -840,6 +819,10 @@ impl Queue for SqsQueue {
         self.change_visibility(&self.options.queue_url.clone(), entries)
             .await;
         Ok(())
+    }
+
+    fn receivers(&self) -> usize {
+        self.options.receive_loops.max(1)
     }
 
     async fn is_idle(&self) -> Result<bool, QueueError> {
