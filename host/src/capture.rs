@@ -23,6 +23,10 @@ pub const MAX_PROGRESS_ENTRIES: usize = 64;
 pub const MAX_JOB_NAME_BYTES: usize = 256;
 /// The longest unique key a guest may pass.
 pub const MAX_UNIQUE_KEY_BYTES: usize = 512;
+/// What the host spends to keep one entry (a log line, a follow-up job) beside its text,
+/// rounded up: counted against the caps, so a million empty lines cost as much as their
+/// records do and not 0 bytes.
+pub const ENTRY_OVERHEAD_BYTES: usize = 64;
 
 /// The per-job record of logs, progress and follow-up jobs.
 #[derive(Debug, Default)]
@@ -31,11 +35,14 @@ pub struct Captured {
     pub logs: Vec<LogLine>,
     /// Bytes dropped over the cap.
     pub dropped_bytes: u64,
+    /// Lines dropped over the cap (empty ones too, which drop no bytes).
+    pub dropped_lines: u64,
     /// Progress reports (the last [`MAX_PROGRESS_ENTRIES`]).
     pub progress: Vec<Progress>,
     /// Follow-up jobs.
     pub enqueued: Vec<EnqueuedJob>,
     kept_bytes: u64,
+    enqueued_bytes: u64,
     partial: [Vec<u8>; 2],
 }
 
@@ -45,6 +52,7 @@ pub struct Capture {
     inner: Arc<Mutex<Captured>>,
     log_cap: u64,
     enqueue_cap: u32,
+    enqueue_bytes_cap: u64,
     payload_cap: usize,
 }
 
@@ -55,6 +63,7 @@ impl Capture {
             inner: Arc::default(),
             log_cap: limits.log_bytes,
             enqueue_cap: limits.enqueue_count,
+            enqueue_bytes_cap: limits.enqueue_bytes,
             payload_cap,
         }
     }
@@ -108,6 +117,7 @@ impl Capture {
         if captured.kept_bytes >= self.log_cap {
             // Past the cap nothing more is kept; count it so the report can say so.
             captured.dropped_bytes += bytes.len() as u64;
+            captured.dropped_lines += bytes.iter().filter(|b| **b == b'\n').count() as u64;
             return;
         }
         let mut pending = std::mem::take(&mut captured.partial[index]);
@@ -184,8 +194,20 @@ impl Capture {
                 "unique key must be at most {MAX_UNIQUE_KEY_BYTES} bytes"
             ));
         }
-        let payload =
-            serde_json::from_str(&payload).map_err(|e| format!("payload is not JSON: {e}"))?;
+        let cost = (name.len()
+            + payload.len()
+            + options.unique_key.as_ref().map_or(0, String::len)
+            + ENTRY_OVERHEAD_BYTES) as u64;
+        if captured.enqueued_bytes + cost > self.enqueue_bytes_cap {
+            return Err(format!(
+                "enqueue limit reached: at most {} bytes of follow-up jobs per job",
+                self.enqueue_bytes_cap
+            ));
+        }
+        // Checked, then kept as the guest's text: a parsed tree would cost several times it.
+        let payload = serde_json::value::RawValue::from_string(payload)
+            .map_err(|e| format!("payload is not JSON: {e}"))?;
+        captured.enqueued_bytes += cost;
         let id = uuid::Uuid::now_v7().to_string();
         captured.enqueued.push(EnqueuedJob {
             id: id.clone(),
@@ -207,9 +229,10 @@ fn push_line(
     bytes: &[u8],
 ) {
     let message = truncate_utf8(bytes, MAX_LOG_LINE_BYTES);
-    let cost = message.len() as u64;
+    let cost = (message.len() + ENTRY_OVERHEAD_BYTES) as u64;
     if captured.kept_bytes + cost > cap {
         captured.dropped_bytes += bytes.len() as u64;
+        captured.dropped_lines += 1;
         captured.kept_bytes = cap;
         return;
     }

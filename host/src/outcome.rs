@@ -18,6 +18,9 @@ pub enum Reason {
     InvalidPayload,
     /// No handler accepts the job name.
     UnknownJob,
+    /// The handler for the job name was refused at load (a bad schema, a broken build):
+    /// retried with a long backoff that does not count an attempt, until a fixed deploy.
+    HandlerUnavailable,
     /// The body is not a job envelope.
     Malformed,
     /// The body is over the size cap.
@@ -42,6 +45,7 @@ impl Reason {
             Reason::Transient => "transient",
             Reason::InvalidPayload => "invalid-payload",
             Reason::UnknownJob => "unknown-job",
+            Reason::HandlerUnavailable => "handler-unavailable",
             Reason::Malformed => "malformed",
             Reason::TooLarge => "too-large",
             Reason::FuelExhausted => "fuel-exhausted",
@@ -50,6 +54,14 @@ impl Reason {
             Reason::Trap => "trap",
             Reason::OutputTooLarge => "output-too-large",
         }
+    }
+}
+
+impl Reason {
+    /// Whether a retry for this reason counts as an attempt (a handler that failed to
+    /// load never ran the job, so its retries do not use up the job's attempts).
+    pub fn counts_attempt(self) -> bool {
+        self != Reason::HandlerUnavailable
     }
 }
 
@@ -156,20 +168,47 @@ pub struct Progress {
 }
 
 /// A follow-up job the guest asked for; it is committed only with the parent's success.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, Serialize)]
 pub struct EnqueuedJob {
     /// The id given to the guest.
     pub id: String,
     /// The job name.
     pub job: String,
-    /// The payload, parsed.
-    pub payload: Value,
+    /// The payload, as the guest's JSON text (checked to be JSON).
+    pub payload: Box<serde_json::value::RawValue>,
     /// Delay after the parent completes, in milliseconds.
     pub delay_ms: Option<u64>,
     /// Unique key.
     pub unique_key: Option<String>,
     /// Priority, higher first.
     pub priority: Option<i32>,
+}
+
+impl PartialEq for EnqueuedJob {
+    fn eq(&self, other: &Self) -> bool {
+        (
+            &self.id,
+            &self.job,
+            self.payload.get(),
+            self.delay_ms,
+            &self.unique_key,
+            self.priority,
+        ) == (
+            &other.id,
+            &other.job,
+            other.payload.get(),
+            other.delay_ms,
+            &other.unique_key,
+            other.priority,
+        )
+    }
+}
+
+impl EnqueuedJob {
+    /// The payload, parsed.
+    pub fn payload_value(&self) -> Value {
+        serde_json::from_str(self.payload.get()).unwrap_or(Value::Null)
+    }
 }
 
 /// Everything one delivery produced and consumed.
@@ -187,6 +226,8 @@ pub struct Report {
     pub logs: Vec<LogLine>,
     /// Log bytes dropped over the cap.
     pub logs_dropped_bytes: u64,
+    /// Log lines dropped over the cap.
+    pub logs_dropped_lines: u64,
     /// Progress reports, in order (bounded).
     pub progress: Vec<Progress>,
     /// Follow-up jobs.
@@ -214,6 +255,7 @@ impl Report {
             outcome,
             logs: Vec::new(),
             logs_dropped_bytes: 0,
+            logs_dropped_lines: 0,
             progress: Vec::new(),
             enqueued: Vec::new(),
             fuel: 0,
@@ -247,6 +289,7 @@ impl Report {
             "output": output,
             "logs": self.logs,
             "logs_dropped_bytes": self.logs_dropped_bytes,
+            "logs_dropped_lines": self.logs_dropped_lines,
             "progress": self.progress,
             "enqueued": self.enqueued,
             "fuel": self.fuel,

@@ -113,7 +113,7 @@ fn fan_out_enqueues_one_child_per_payload() -> anyhow::Result<()> {
     let report = &run.0;
     let ids: Vec<&str> = report.enqueued.iter().map(|c| c.id.as_str()).collect();
     assert_eq!(run.output()["children"], json!(ids));
-    assert_eq!(report.enqueued[2].payload, json!({"csv": "c\n3"}));
+    assert_eq!(report.enqueued[2].payload_value(), json!({"csv": "c\n3"}));
     assert_eq!(
         report.enqueued[0].unique_key.as_deref(),
         Some(format!("{}-0", report.job_id).as_str())

@@ -374,3 +374,188 @@ fn many_memories_or_tables_are_refused_at_load() -> anyhow::Result<()> {
     assert!(run_job(&dispatcher, "noop", json!({}), 1).outcome.is_done());
     Ok(())
 }
+
+fn peak_rss_kib(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .ok_or_else(|| anyhow::anyhow!("no VmHWM"))?;
+    Ok(line.split_whitespace().nth(1).unwrap_or("0").parse()?)
+}
+
+/// Waits until `count` call-flood and echo jobs (not their children) are done or dead.
+fn wait_finished(queue: &SqliteQueue, count: usize) -> anyhow::Result<()> {
+    let finished = || -> anyhow::Result<usize> {
+        let mut n = 0;
+        for state in ["done", "dead"] {
+            for name in ["call-flood", "echo"] {
+                n += queue.list(Some(state), Some(name), 1000)?.len();
+            }
+        }
+        Ok(n)
+    };
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(240);
+    while finished()? < count {
+        anyhow::ensure!(
+            std::time::Instant::now() < end,
+            "only {} of {count} jobs finished",
+            finished()?
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    Ok(())
+}
+
+/// Millions of minimal host calls, each of which asks the host to keep a little: the
+/// host's peak RSS stays within a bound of where it was, and the other jobs finish.
+#[test]
+pub(crate) fn call_flood() -> anyhow::Result<()> {
+    let handlers = Handlers::new()?;
+    handlers.add(fixtures::CALL_FLOOD, "call-flood")?;
+    handlers.add(fixtures::ECHO, "echo")?;
+    handlers.sidecar(
+        "call-flood",
+        "toml",
+        "[retry]\nmax-attempts = 1\n[limits]\nfuel = 1_000_000_000_000\ntimeout-ms = 300_000\n",
+    )?;
+    let dir = tempfile::tempdir()?;
+    let db = dir.path().join("q.db");
+    let queue = SqliteQueue::open(&db)?;
+    let kinds = [
+        "log",
+        "stdout",
+        "progress",
+        "enqueue",
+        "enqueue-big",
+        "fields",
+        "headers",
+    ];
+    let flood = |calls: u64| -> Vec<NewJob> {
+        kinds
+            .iter()
+            .map(|kind| {
+                let calls = if *kind == "enqueue-big" {
+                    calls.min(100)
+                } else {
+                    calls
+                };
+                NewJob::new("call-flood", json!({"kind": kind, "calls": calls}))
+            })
+            .chain((0..20).map(|i| NewJob::new("echo", json!({"message": format!("good {i}")}))))
+            .collect()
+    };
+    let mut host = jobhost_command()?
+        .args(["run", "--concurrency", "2", "--plugins"])
+        .arg(handlers.path())
+        .arg("--db")
+        .arg(&db)
+        .stdout(std::process::Stdio::null())
+        .spawn()?;
+    let outcome = (|| -> anyhow::Result<(u64, u64)> {
+        // Warm up: both handlers get their pool slots, the queue its pages.
+        queue.enqueue_now(&flood(100))?;
+        wait_finished(&queue, flood(0).len())?;
+        let before = peak_rss_kib(host.id())?;
+        queue.enqueue_now(&flood(3_000_000))?;
+        wait_finished(&queue, 2 * flood(0).len())?;
+        Ok((before, peak_rss_kib(host.id())?))
+    })();
+    let _ = host.kill();
+    let _ = host.wait();
+    let (before, after) = outcome?;
+    eprintln!("host peak RSS after warm-up: {before} KiB; after the floods: {after} KiB");
+    let done = queue.list(Some("done"), None, 1000)?;
+    assert_eq!(
+        done.iter().filter(|r| r.name == "echo").count(),
+        40,
+        "every echo job done"
+    );
+    // Logs, progress and enqueues over their caps are dropped or refused, and the job goes
+    // on to finish; resources (header maps) past wasmtime's handle and field-size limits
+    // trap the job instead.
+    let outcome = |record: &jobhost::queue::sqlite::JobRecord| {
+        let kind = record.payload["kind"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let calls = record.payload["calls"].as_u64().unwrap_or_default();
+        (
+            kind,
+            calls,
+            record.state.clone(),
+            record.reason.clone(),
+            record.last_error.clone(),
+        )
+    };
+    let floods: Vec<_> = ["done", "dead"]
+        .into_iter()
+        .map(|state| queue.list(Some(state), Some("call-flood"), 100))
+        .collect::<Result<Vec<_>, _>>()?
+        .concat()
+        .iter()
+        .map(outcome)
+        .collect();
+    for (kind, calls, state, reason, error) in &floods {
+        match kind.as_str() {
+            "fields" | "headers" if *calls > 100 => {
+                assert_eq!(
+                    (state.as_str(), reason.as_deref()),
+                    ("dead", Some("trap")),
+                    "{kind}"
+                );
+                let error = error.as_deref().unwrap_or_default();
+                assert!(error.contains("limit"), "{kind}: {error}");
+            }
+            _ => assert_eq!(state, "done", "{kind}: {reason:?} {error:?}"),
+        }
+    }
+    assert_eq!(floods.len(), 2 * kinds.len(), "{floods:?}");
+    // Before the caps counted each entry, 3 million empty log lines alone held ~140 MiB.
+    assert!(
+        after < before + 64 * 1024,
+        "peak RSS grew from {before} KiB to {after} KiB"
+    );
+    Ok(())
+}
+
+/// Empty log lines cost their record: a job keeps at most `log-bytes / 64` of them, and the
+/// report says how many were dropped; enqueues stop at `enqueue-bytes`.
+#[test]
+fn empty_log_lines_and_big_enqueues_count_against_their_caps() -> anyhow::Result<()> {
+    let handlers = Handlers::new()?;
+    handlers.add(fixtures::CALL_FLOOD, "call-flood")?;
+    let dispatcher = handlers.dispatcher()?;
+    for kind in ["log", "stdout"] {
+        let report = run_job(
+            &dispatcher,
+            "call-flood",
+            json!({"kind": kind, "calls": 100_000}),
+            1,
+        );
+        assert!(report.outcome.is_done(), "{kind}: {:?}", report.outcome);
+        let kept = report.logs.len() as u64;
+        assert_eq!(kept, 64 * 1024 / 64, "{kind}: lines kept");
+        assert!(
+            report.logs_dropped_lines >= 100_000 - kept,
+            "{kind}: {} lines dropped",
+            report.logs_dropped_lines
+        );
+    }
+    let report = run_job(
+        &dispatcher,
+        "call-flood",
+        json!({"kind": "enqueue-big", "calls": 100}),
+        1,
+    );
+    let Outcome::Done {
+        output: Some(accepted),
+    } = &report.outcome
+    else {
+        anyhow::bail!("{:?}", report.outcome);
+    };
+    // 900 KiB payloads under the 4 MiB default: four fit.
+    assert_eq!(accepted, "4");
+    assert_eq!(report.enqueued.len(), 4);
+    Ok(())
+}

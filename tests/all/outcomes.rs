@@ -26,7 +26,10 @@ pub(crate) fn echo() -> anyhow::Result<()> {
     assert_eq!(output["echo"], "hi");
     assert_eq!(output["id"], report.job_id.as_str());
     assert_eq!(report.enqueued.len(), 2);
-    assert_eq!(report.enqueued[1].payload, json!({"message": "child 1"}));
+    assert_eq!(
+        report.enqueued[1].payload_value(),
+        json!({"message": "child 1"})
+    );
     assert_eq!(report.progress.len(), 2);
     let logs: Vec<(&str, &str)> = report
         .logs
@@ -107,6 +110,25 @@ pub(crate) fn transient() -> anyhow::Result<()> {
             output: Some("\"succeeded on attempt 2\"".into())
         }
     );
+    Ok(())
+}
+
+/// With default limits the deadline stops an endless loop, not the fuel: the default
+/// fuel outlasts any code for longer than the timeout (here a 1 s timeout, so the test
+/// is short; the old 5 billion units ran out in 0.3 s).
+#[test]
+fn with_default_fuel_an_endless_loop_ends_as_a_timeout() -> anyhow::Result<()> {
+    let handlers = Handlers::new()?;
+    handlers.add(fixtures::SPIN, "spin")?;
+    handlers.sidecar("spin", "toml", "[limits]\ntimeout-ms = 1_000\n")?;
+    let report = run_job(&handlers.dispatcher()?, "spin", json!({}), 1);
+    assert_eq!(
+        report.outcome.reason(),
+        Some(Reason::Timeout),
+        "{:?}",
+        report.outcome
+    );
+    assert_eq!(report.outcome.kind(), "retry");
     Ok(())
 }
 
