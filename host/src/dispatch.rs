@@ -55,6 +55,8 @@ pub struct Delivery {
 pub enum Rejection {
     /// No handler accepts the name.
     UnknownJob(String),
+    /// The handler for the name was refused at load; why.
+    HandlerUnavailable(String),
     /// The payload fails the schema; one entry per error.
     InvalidPayload(Vec<String>),
 }
@@ -63,6 +65,7 @@ impl std::fmt::Display for Rejection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Rejection::UnknownJob(name) => write!(f, "no handler accepts the job name `{name}`"),
+            Rejection::HandlerUnavailable(why) => f.write_str(why),
             Rejection::InvalidPayload(errors) => {
                 write!(f, "payload fails the schema: {}", errors.join("; "))
             }
@@ -102,12 +105,23 @@ impl Dispatcher {
         let plugin = self
             .plugins
             .get(name)
-            .ok_or_else(|| Rejection::UnknownJob(name.to_string()))?;
-        let errors = plugin
+            .ok_or_else(|| match self.plugins.refused(name) {
+                Some(error) => Rejection::HandlerUnavailable(format!(
+                    "the handler for `{name}` was refused at load: {error}"
+                )),
+                None => Rejection::UnknownJob(name.to_string()),
+            })?;
+        let mut errors = plugin
             .schema
             .as_ref()
             .map(|s| s.check(payload))
             .unwrap_or_default();
+        if !errors.is_empty() && payload.as_object().is_some_and(|o| o.is_empty()) {
+            errors.insert(
+                0,
+                "the job has no payload (a job without `payload` gets {})".to_string(),
+            );
+        }
         if errors.is_empty() {
             Ok(plugin)
         } else {
@@ -150,10 +164,19 @@ impl Dispatcher {
         let attempt = delivery.attempt.or(envelope.attempt).unwrap_or(1).max(1);
         match self.check(&envelope.job, &envelope.payload) {
             Ok(plugin) => self.run(plugin, envelope, job_id, attempt, delivery),
+            Err(Rejection::HandlerUnavailable(message)) => {
+                let delay = unavailable_backoff(envelope.enqueued_at, SystemTime::now());
+                let outcome = Outcome::Retry {
+                    reason: Reason::HandlerUnavailable,
+                    message,
+                    delay,
+                };
+                Report::rejected(job_id, Some(envelope.job), attempt, outcome)
+            }
             Err(rejection) => {
                 let reason = match rejection {
-                    Rejection::UnknownJob(_) => Reason::UnknownJob,
                     Rejection::InvalidPayload(_) => Reason::InvalidPayload,
+                    _ => Reason::UnknownJob,
                 };
                 let outcome = dead_letter(reason, rejection.to_string());
                 Report::rejected(job_id, Some(envelope.job), attempt, outcome)
@@ -220,6 +243,7 @@ impl Dispatcher {
             outcome,
             logs: captured.logs,
             logs_dropped_bytes: captured.dropped_bytes,
+            logs_dropped_lines: captured.dropped_lines,
             progress: captured.progress,
             enqueued,
             fuel,
@@ -227,6 +251,21 @@ impl Dispatcher {
             peak_memory,
         }
     }
+}
+
+/// The shortest and longest wait before a job whose handler was refused is tried again.
+const UNAVAILABLE_RETRY_MIN: Duration = Duration::from_secs(30);
+const UNAVAILABLE_RETRY_MAX: Duration = Duration::from_secs(3600);
+
+/// Half the job's age, between 30 s and an hour: the wait grows by about half each time
+/// without an attempt counter (these retries do not count one). Without an enqueue time,
+/// five minutes.
+fn unavailable_backoff(enqueued_at_ms: Option<u64>, now: SystemTime) -> Duration {
+    let Some(enqueued) = enqueued_at_ms else {
+        return Duration::from_secs(300);
+    };
+    let age = Duration::from_millis(unix_millis(now).saturating_sub(enqueued));
+    (age / 2).clamp(UNAVAILABLE_RETRY_MIN, UNAVAILABLE_RETRY_MAX)
 }
 
 fn new_id() -> String {
@@ -308,7 +347,8 @@ fn log_report(report: &Report) {
     if report.outcome.is_done() {
         tracing::debug!(job.id = %report.job_id, job.name = name, attempt = report.attempt, outcome, duration_us, fuel = report.fuel, "job finished");
     } else {
-        let message = report.outcome.message().unwrap_or("");
-        tracing::info!(job.id = %report.job_id, job.name = name, attempt = report.attempt, outcome, reason, message, duration_us, fuel = report.fuel, "job failed");
+        // `error`, not `message`: the event's own text is its `message` key.
+        let error = report.outcome.message().unwrap_or("");
+        tracing::info!(job.id = %report.job_id, job.name = name, attempt = report.attempt, outcome, reason, error, duration_us, fuel = report.fuel, "job failed");
     }
 }

@@ -1,6 +1,7 @@
 //! The queue message envelope: `{"id", "job", "payload", "attempt"?, "enqueuedAt"?,
 //! "notBefore"?, "maxAttempts"?}`. `type` and `jobName` are accepted as aliases of `job`;
-//! other extra fields are accepted and ignored.
+//! other extra fields are accepted and ignored. A missing payload is `{}`, as when
+//! enqueuing.
 //!
 //! Main types: [`Envelope`], [`EnvelopeError`].
 
@@ -20,8 +21,8 @@ pub struct Envelope {
     /// The job name the message is routed by.
     #[serde(alias = "type", alias = "jobName")]
     pub job: String,
-    /// The payload; `null` when absent.
-    #[serde(default)]
+    /// The payload; `{}` when absent, as on the enqueue path ([`crate::request`]).
+    #[serde(default = "empty_object")]
     pub payload: Value,
     /// The delivery number, 1-based; the queue's own count wins where it has one.
     #[serde(default)]
@@ -35,6 +36,11 @@ pub struct Envelope {
     /// Do not run before this time, in milliseconds since the Unix epoch.
     #[serde(default)]
     pub not_before: Option<u64>,
+}
+
+/// The payload of a job that was given none: `{}`, on every path.
+pub fn empty_object() -> Value {
+    Value::Object(serde_json::Map::new())
 }
 
 /// Why a message body is not a usable envelope. Both kinds are dead-lettered at once.
@@ -140,7 +146,7 @@ mod tests {
     fn extra_fields_are_accepted() -> Result<(), EnvelopeError> {
         let envelope = parse(r#"{"job": "a", "trace": "x", "attempt": 3}"#)?;
         assert_eq!(envelope.attempt, Some(3));
-        assert_eq!(envelope.payload, Value::Null);
+        assert_eq!(envelope.payload, serde_json::json!({}));
         Ok(())
     }
 }

@@ -108,6 +108,9 @@ async fn create_job(State(api): State<Api>, body: Bytes) -> Response {
                 json!({"error": format!("no handler accepts the job name `{name}`")}),
             );
         }
+        Err(RequestError::Rejected(Rejection::HandlerUnavailable(why))) => {
+            return error(StatusCode::SERVICE_UNAVAILABLE, json!({"error": why}));
+        }
         Err(RequestError::Rejected(Rejection::InvalidPayload(errors))) => {
             return error(
                 StatusCode::UNPROCESSABLE_ENTITY,

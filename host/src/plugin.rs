@@ -72,6 +72,8 @@ pub struct LoadError {
     pub files: Vec<PathBuf>,
     /// What is wrong.
     pub message: String,
+    /// The job names the handler described, when it got that far (empty otherwise).
+    pub names: Vec<String>,
 }
 
 impl std::fmt::Display for LoadError {
@@ -88,6 +90,7 @@ impl LoadError {
         Self {
             files: vec![file.to_path_buf()],
             message: message.into(),
+            names: Vec::new(),
         }
     }
 }
@@ -114,6 +117,28 @@ impl PluginSet {
     /// What could not be loaded.
     pub fn errors(&self) -> &[LoadError] {
         &self.errors
+    }
+
+    /// Logs each load error once (for the commands that keep running without them).
+    pub fn log_errors(&self) {
+        for error in &self.errors {
+            tracing::error!(error = %error, "handler not loaded");
+        }
+    }
+
+    /// Why the handler that would serve `name` was refused at load: the refused handler
+    /// described that name, or (when it never got as far as describing) its file is
+    /// `name.wasm`.
+    pub fn refused(&self, name: &str) -> Option<&LoadError> {
+        let stem_is = |e: &&LoadError| {
+            e.files
+                .first()
+                .and_then(|f| f.file_stem())
+                .is_some_and(|stem| stem == name)
+        };
+        (self.errors.iter())
+            .find(|e| e.names.iter().any(|n| n == name))
+            .or_else(|| self.errors.iter().find(stem_is))
     }
 
     /// Every job name served, sorted.
@@ -146,6 +171,7 @@ impl PluginSet {
                     "job name `{name}` is already claimed by {}; skipping this handler",
                     owner.path.display()
                 ),
+                names: plugin.names.clone(),
             });
             return;
         }
@@ -187,7 +213,8 @@ impl Loader {
     }
 
     /// Loads every `*.wasm` in `dir`. Fails only when the folder cannot be read; a bad
-    /// handler is recorded in [`PluginSet::errors`] and skipped.
+    /// handler is recorded in [`PluginSet::errors`] and skipped (not logged: each command
+    /// reports them once, in its own way; see [`PluginSet::log_errors`]).
     pub fn load_dir(&self, dir: &Path) -> anyhow::Result<PluginSet> {
         let files = wasm_files(dir)?;
         let mut set = PluginSet::default();
@@ -196,9 +223,6 @@ impl Loader {
                 Ok(plugin) => set.insert(plugin),
                 Err(error) => set.errors.push(error),
             }
-        }
-        for error in &set.errors {
-            tracing::error!(error = %error, "handler not loaded");
         }
         Ok(set)
     }
@@ -229,9 +253,13 @@ impl Loader {
         let info =
             describe(&self.engine, &pre, &manifest.limits).map_err(|m| LoadError::new(path, m))?;
         let names = check_names(info.names).map_err(|m| LoadError::new(path, m))?;
-        let (schema, schema_source) = load_schema(path, info.schema.as_deref())?;
-        let grants =
-            resolve_grants(&manifest, path).map_err(|m| LoadError::new(&manifest_path, m))?;
+        let named = |mut error: LoadError| {
+            error.names = names.clone();
+            error
+        };
+        let (schema, schema_source) = load_schema(path, info.schema.as_deref()).map_err(named)?;
+        let grants = resolve_grants(&manifest, path)
+            .map_err(|m| named(LoadError::new(&manifest_path, m)))?;
         tracing::debug!(path = %path.display(), names = ?names, cached = artifact == ArtifactSource::Cached, "handler loaded");
         Ok(Plugin {
             path: path.to_path_buf(),

@@ -10,6 +10,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::dispatch::{Dispatcher, Rejection};
+use crate::envelope::empty_object;
 use crate::queue::NewJob;
 
 /// A request to enqueue one job.
@@ -39,10 +40,6 @@ pub struct JobRequest {
     pub max_attempts: Option<u32>,
 }
 
-fn empty_object() -> Value {
-    Value::Object(serde_json::Map::new())
-}
-
 /// Why a request cannot be enqueued.
 #[derive(Clone, Debug, PartialEq)]
 pub enum RequestError {
@@ -51,6 +48,8 @@ pub enum RequestError {
     /// The handler refuses it (unknown name or schema errors).
     Rejected(Rejection),
 }
+
+impl std::error::Error for RequestError {}
 
 impl std::fmt::Display for RequestError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -118,3 +118,110 @@ fn a_sidecar_schema_overrides_describe() -> anyhow::Result<()> {
     assert!(short.outcome.is_done());
     Ok(())
 }
+
+#[test]
+fn a_job_for_a_refused_handler_waits_as_handler_unavailable() -> anyhow::Result<()> {
+    use jobhost::Outcome;
+    use jobhost::queue::sqlite::SqliteQueue;
+    use jobhost::queue::{Action, NewJob, Queue as _, Settlement};
+    let handlers = Handlers::new()?;
+    // Refused after describing its names (echo, echo-alias): an invalid schema sidecar.
+    handlers.add(fixtures::ECHO, "echo")?;
+    handlers.sidecar("echo", "schema.json", r#"{"type": 17}"#)?;
+    // Refused before it could describe anything: matched by its file name.
+    handlers.sidecar("thumbnail", "wasm", "a broken build")?;
+    handlers.add(fixtures::NOOP, "noop")?;
+    let dispatcher = handlers.dispatcher()?;
+    for (name, file) in [
+        ("echo", "echo.schema.json"),
+        ("echo-alias", "echo.schema.json"),
+        ("thumbnail", "thumbnail.wasm"),
+    ] {
+        let report = run_job(&dispatcher, name, json!({"message": "x"}), 1);
+        let Outcome::Retry {
+            reason,
+            message,
+            delay,
+        } = &report.outcome
+        else {
+            anyhow::bail!("{name}: {:?}", report.outcome);
+        };
+        assert_eq!(*reason, Reason::HandlerUnavailable, "{name}");
+        assert!(
+            message.contains(file) && message.contains("refused"),
+            "{name}: {message}"
+        );
+        assert!(
+            (30..=3600).contains(&delay.as_secs()),
+            "{name}: a long, capped wait: {delay:?}"
+        );
+    }
+    let unknown = run_job(&dispatcher, "nobody", json!({}), 1);
+    assert_eq!(unknown.outcome.reason(), Some(Reason::UnknownJob));
+    // On the embedded queue the retry uses no attempt, however often it comes back.
+    let dir = tempfile::tempdir()?;
+    let queue = SqliteQueue::open(&dir.path().join("q.db"))?;
+    let rt = jobhost_tests::sqs::runtime()?;
+    let id = rt.block_on(queue.enqueue(vec![NewJob::new("echo", json!({"message": "m"}))]))?[0]
+        .id()
+        .to_string();
+    let claimed = rt.block_on(queue.receive(1, std::time::Duration::from_secs(30)))?;
+    let delivered = claimed
+        .into_iter()
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("not claimed"))?;
+    let report = match &delivered.message {
+        jobhost::queue::Message::Envelope(envelope) => {
+            dispatcher.dispatch_envelope(envelope.clone(), &jobhost::Delivery::default())
+        }
+        jobhost::queue::Message::Raw(body) => {
+            dispatcher.dispatch(body, &jobhost::Delivery::default())
+        }
+    };
+    let action = Action::from_report(&report, std::time::SystemTime::now());
+    rt.block_on(queue.settle(vec![Settlement { delivered, action }]))?;
+    let record = queue.get(&id)?.ok_or_else(|| anyhow::anyhow!("gone"))?;
+    assert_eq!(
+        (
+            record.state.as_str(),
+            record.attempts,
+            record.reason.as_deref()
+        ),
+        ("queued", 0, Some("handler-unavailable"))
+    );
+    Ok(())
+}
+
+#[test]
+fn a_job_without_a_payload_gets_an_empty_object_on_every_path() -> anyhow::Result<()> {
+    use jobhost::request::{JobRequest, RequestError};
+    use jobhost::{Delivery, Rejection};
+    let handlers = Handlers::new()?;
+    handlers.add(fixtures::ECHO, "echo")?;
+    handlers.add(fixtures::NOOP, "noop")?;
+    let dispatcher = handlers.dispatcher()?;
+    // The queue path: a body without `payload`.
+    let report = dispatcher.dispatch(br#"{"job": "echo"}"#, &Delivery::default());
+    assert_eq!(report.outcome.reason(), Some(Reason::InvalidPayload));
+    let message = report.outcome.message().unwrap_or_default();
+    assert!(message.contains("has no payload"), "{message}");
+    assert!(!message.contains("null"), "{message}");
+    // The enqueue path: the same payload, the same words.
+    let request: JobRequest = serde_json::from_str(r#"{"job": "echo"}"#)?;
+    let refused = request.into_new_job(std::time::SystemTime::now(), Some(&dispatcher));
+    let Err(RequestError::Rejected(Rejection::InvalidPayload(errors))) = refused else {
+        anyhow::bail!("{refused:?}");
+    };
+    assert!(errors[0].contains("has no payload"), "{errors:?}");
+    // A handler whose schema takes an empty object runs it.
+    let request: JobRequest = serde_json::from_str(r#"{"job": "noop"}"#)?;
+    assert_eq!(
+        request
+            .into_new_job(std::time::SystemTime::now(), Some(&dispatcher))?
+            .payload,
+        json!({})
+    );
+    let ran = dispatcher.dispatch(br#"{"job": "noop"}"#, &Delivery::default());
+    assert!(ran.outcome.is_done(), "{:?}", ran.outcome);
+    Ok(())
+}
