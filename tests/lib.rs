@@ -153,7 +153,7 @@ pub struct Received {
 
 /// A real HTTP/1.1 server on 127.0.0.1 for guests to call. Paths: `/ok` 200 `hello`,
 /// `/big` 200 with 2 MiB, `/fail` 500 with a retry hint, `/missing` 404, `/slow` 200
-/// after 3 s. Every request is recorded. It stops when dropped.
+/// after 3 s, `/2018-06-01/runtime/init/error` 202 (a Lambda Runtime API's answer). Every request is recorded. It stops when dropped.
 pub struct TestServer {
     /// Its port.
     pub port: u16,
@@ -254,6 +254,8 @@ fn serve_one(stream: std::net::TcpStream, log: &std::sync::Mutex<Vec<Received>>)
             br#"{"retry_after_ms": 1234}"#.to_vec(),
         ),
         "/missing" => ("404 Not Found", b"no".to_vec()),
+        // As the Lambda Runtime API answers an init error report.
+        "/2018-06-01/runtime/init/error" => ("202 Accepted", br#"{"status": "OK"}"#.to_vec()),
         "/slow" => {
             std::thread::sleep(std::time::Duration::from_secs(3));
             ("200 OK", b"late".to_vec())

@@ -45,24 +45,32 @@ pub fn native_triple() -> &'static str {
     }
 }
 
-/// A job that did not end done: the function error of a direct invocation (its message is
-/// the job's report, as JSON).
-#[derive(Debug)]
-pub struct JobNotDone(pub String);
+/// A direct invocation's function error: its `errorType` says which kind.
+#[derive(Debug, thiserror::Error)]
+pub enum InvocationError {
+    /// The job did not end done; the message is the job's report, as JSON.
+    #[error("{0}")]
+    JobNotDone(String),
+    /// The event has a shape jobhost does not know.
+    #[error("{0}")]
+    UnknownEvent(String),
+}
 
-impl std::fmt::Display for JobNotDone {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
+impl InvocationError {
+    /// The `errorType` Lambda shows.
+    pub fn error_type(&self) -> &'static str {
+        match self {
+            InvocationError::JobNotDone(_) => "JobNotDone",
+            InvocationError::UnknownEvent(_) => "UnknownEvent",
+        }
     }
 }
 
-impl std::error::Error for JobNotDone {}
-
-impl From<JobNotDone> for lambda_runtime::Diagnostic {
-    fn from(error: JobNotDone) -> Self {
+impl From<InvocationError> for lambda_runtime::Diagnostic {
+    fn from(error: InvocationError) -> Self {
         lambda_runtime::Diagnostic {
-            error_type: "JobNotDone".into(),
-            error_message: error.0,
+            error_type: error.error_type().into(),
+            error_message: error.to_string(),
         }
     }
 }
@@ -127,21 +135,36 @@ impl LambdaHost {
     }
 
     /// Handles one invocation's event.
-    pub async fn handle(&self, event: Value, deadline: SystemTime) -> Result<Value, String> {
+    pub async fn handle(
+        &self,
+        event: Value,
+        deadline: SystemTime,
+    ) -> Result<Value, InvocationError> {
         let is_sqs = event["Records"]
             .as_array()
             .and_then(|r| r.first())
             .is_some_and(|r| r["eventSource"] == "aws:sqs");
         if is_sqs {
-            let event: SqsEvent =
-                serde_json::from_value(event).map_err(|e| format!("not an SQS event: {e}"))?;
+            let event: SqsEvent = serde_json::from_value(event).map_err(|e| {
+                InvocationError::UnknownEvent(format!(
+                    "an SQS event whose records do not parse: {e}"
+                ))
+            })?;
             let response = self.handle_sqs(event, deadline).await;
-            return serde_json::to_value(response).map_err(|e| e.to_string());
+            return serde_json::to_value(response)
+                .map_err(|e| InvocationError::JobNotDone(e.to_string()));
         }
         if event.get("job").is_some() {
-            return self.handle_direct(event, deadline).await;
+            return self
+                .handle_direct(event, deadline)
+                .await
+                .map_err(InvocationError::JobNotDone);
         }
-        Err("unknown event: expected an SQS event or {\"job\": NAME, \"payload\": {...}}".into())
+        Err(InvocationError::UnknownEvent(format!(
+            "unknown event ({}): jobhost understands SQS events (Records with eventSource \
+             aws:sqs) and direct invocations {{\"job\": NAME, \"payload\": {{...}}}}",
+            describe_shape(&event)
+        )))
     }
 
     async fn handle_direct(&self, event: Value, deadline: SystemTime) -> Result<Value, String> {
@@ -462,6 +485,22 @@ async fn settle(queue: &SqsQueue, items: Vec<(&Record, Fate)>) -> Vec<String> {
     failures
 }
 
+/// A short description of an event's shape for an error message: its top-level keys, or
+/// its JSON type.
+fn describe_shape(event: &Value) -> String {
+    match event {
+        Value::Object(map) => {
+            let keys: Vec<&str> = map.keys().take(8).map(String::as_str).collect();
+            format!("an object with keys {}", keys.join(", "))
+        }
+        Value::Array(_) => "an array".into(),
+        Value::String(_) => "a string".into(),
+        Value::Number(_) => "a number".into(),
+        Value::Bool(_) => "a boolean".into(),
+        Value::Null => "null".into(),
+    }
+}
+
 /// The handlers folder: `JOBHOST_PLUGINS`, else the first of [`DEFAULT_PLUGIN_DIRS`] that
 /// exists.
 pub fn plugins_dir(explicit: Option<std::path::PathBuf>) -> std::path::PathBuf {
@@ -480,9 +519,11 @@ pub async fn run(host: Arc<LambdaHost>) -> Result<(), lambda_runtime::Error> {
         let host = host.clone();
         async move {
             let deadline = UNIX_EPOCH + Duration::from_millis(event.context.deadline);
-            host.handle(event.payload, deadline)
-                .await
-                .map_err(JobNotDone)
+            let result = host.handle(event.payload, deadline).await;
+            if let Err(error) = &result {
+                tracing::warn!(error_type = error.error_type(), error = %error, "the invocation answers a function error");
+            }
+            result
         }
     });
     lambda_runtime::run(service).await

@@ -16,6 +16,64 @@ const LAMBDA_ENV: [&str; 4] = [
     "AWS_LAMBDA_FUNCTION_VERSION",
 ];
 
+/// Loads the handlers; a folder that cannot be read, or one from which no handler loaded,
+/// fails the init.
+fn start(config: &HostConfig) -> anyhow::Result<jobhost::Dispatcher> {
+    let dispatcher = config.start()?;
+    if dispatcher.plugins().plugins().is_empty() {
+        let errors: Vec<String> = (dispatcher.plugins().errors().iter())
+            .map(ToString::to_string)
+            .collect();
+        anyhow::bail!(
+            "no handler loaded from {}{}",
+            config.plugins_dir.display(),
+            if errors.is_empty() {
+                ": it has no *.wasm file".to_string()
+            } else {
+                format!(": {}", errors.join("; "))
+            }
+        );
+    }
+    dispatcher.plugins().log_errors();
+    Ok(dispatcher)
+}
+
+/// Posts an init failure to the Runtime API (`/runtime/init/error`).
+fn report_init_error(message: &str) -> anyhow::Result<()> {
+    use lambda_runtime_api_client::{Client, body::Body, build_request};
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let client = Client::builder()
+            .build()
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let body = serde_json::json!({
+            "errorType": INIT_ERROR_TYPE,
+            "errorMessage": message,
+        });
+        let request = build_request()
+            .method(http::Method::POST)
+            .uri("/2018-06-01/runtime/init/error")
+            .header("Lambda-Runtime-Function-Error-Type", INIT_ERROR_TYPE)
+            .header("Content-Type", "application/json")
+            .body(Body::from(body.to_string()))?;
+        let response = client
+            .call(request)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        anyhow::ensure!(
+            response.status().is_success(),
+            "the Runtime API answered {}",
+            response.status()
+        );
+        Ok(())
+    })
+}
+
+/// The `errorType` of a failed init.
+const INIT_ERROR_TYPE: &str = "Runtime.InitError";
+
 pub fn run(args: LambdaArgs) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
     let missing: Vec<&str> = LAMBDA_ENV
@@ -30,7 +88,17 @@ pub fn run(args: LambdaArgs) -> anyhow::Result<ExitCode> {
     );
     let mut config = HostConfig::new(plugins_dir(args.plugins.clone()));
     config.engine = lambda_engine_options(native_triple());
-    let dispatcher = Arc::new(config.start()?);
+    let dispatcher = match start(&config) {
+        Ok(dispatcher) => Arc::new(dispatcher),
+        Err(error) => {
+            // Lambda shows this as the reason the function could not start.
+            let message = format!("{error:#}");
+            if let Err(report) = report_init_error(&message) {
+                tracing::error!(error = %report, "could not report the init error to the Runtime API");
+            }
+            return Err(error);
+        }
+    };
     let precompiled = dispatcher
         .plugins()
         .plugins()

@@ -263,6 +263,7 @@ fn a_direct_invocation_runs_the_job_once() -> anyhow::Result<()> {
         (Some("dead-letter"), Some("permanent"))
     );
     let (_, unknown) = function.invoke(&json!({"hello": "world"}))?;
+    assert_eq!(unknown["errorType"], "UnknownEvent", "{unknown}");
     assert!(
         unknown["errorMessage"]
             .as_str()
@@ -474,7 +475,8 @@ fn a_job_never_outlives_the_invocation() -> anyhow::Result<()> {
     let deadline = std::time::SystemTime::now() + Duration::from_millis(700);
     let result = rt.block_on(host.handle(json!({"job": "spin", "payload": {}}), deadline));
     let elapsed = started.elapsed();
-    let report: Value = serde_json::from_str(&result.err().unwrap_or_default())?;
+    let report: Value =
+        serde_json::from_str(&result.err().map(|e| e.to_string()).unwrap_or_default())?;
     assert_eq!(report["reason"], "timeout", "{report}");
     assert!(
         elapsed < Duration::from_millis(700),
@@ -484,5 +486,99 @@ fn a_job_never_outlives_the_invocation() -> anyhow::Result<()> {
         elapsed >= Duration::from_millis(450),
         "stopped early: {elapsed:?}"
     );
+    Ok(())
+}
+
+/// A failed init is posted to the Runtime API's init error endpoint (here a real HTTP
+/// server standing in for it, since the emulator only accepts it), so Lambda can show why.
+#[test]
+fn an_init_failure_is_reported_to_the_runtime_api() -> anyhow::Result<()> {
+    let api = jobhost_tests::TestServer::start()?;
+    let empty = tempfile::tempdir()?;
+    let broken = Handlers::new()?;
+    broken.sidecar("echo", "wasm", "not a component")?;
+    let missing = empty.path().join("no-such-folder");
+    let cases = [
+        (missing.as_path(), "cannot read the plugins folder"),
+        (empty.path(), "no handler loaded"),
+        (broken.path(), "echo.wasm"),
+    ];
+    for (plugins, expected) in cases {
+        let mut command = jobhost_command()?;
+        sqs::aws_env(&mut command)?;
+        let output = command
+            .env(
+                "AWS_LAMBDA_RUNTIME_API",
+                format!("http://127.0.0.1:{}", api.port),
+            )
+            .env("AWS_LAMBDA_FUNCTION_NAME", "_")
+            .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "512")
+            .env("AWS_LAMBDA_FUNCTION_VERSION", "1")
+            .env("JOBHOST_PLUGINS", plugins)
+            .output()?;
+        assert!(
+            !output.status.success(),
+            "{expected}: init failed, so the runtime exits"
+        );
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!stderr.contains("could not report"), "{stderr}");
+        let reports: Vec<_> = api
+            .received()
+            .into_iter()
+            .filter(|r| r.path == "/2018-06-01/runtime/init/error")
+            .collect();
+        let last = reports
+            .last()
+            .ok_or_else(|| anyhow::anyhow!("{expected}: no init error posted"))?;
+        assert_eq!(last.method, "POST");
+        assert!(
+            last.headers
+                .iter()
+                .any(|(k, v)| k == "lambda-runtime-function-error-type" && v == "Runtime.InitError"),
+            "{:?}",
+            last.headers
+        );
+        let body: Value = serde_json::from_slice(&last.body)?;
+        assert_eq!(body["errorType"], "Runtime.InitError");
+        let message = body["errorMessage"].as_str().unwrap_or_default();
+        assert!(message.contains(expected), "{expected}: {message}");
+    }
+    Ok(())
+}
+
+/// JSON log lines as CloudWatch keeps them: each key once, and a function error logged by
+/// jobhost with its type, not echoed by the runtime as if it had panicked.
+#[test]
+fn json_logs_carry_each_key_once_and_no_false_panic() -> anyhow::Result<()> {
+    let _one = EMULATOR.lock().unwrap_or_else(|e| e.into_inner());
+    let handlers = handlers()?;
+    let mut function = Function::start(handlers.path(), &[("JOBHOST_LOG_FORMAT", "json")])?;
+    let (_, error) = function.invoke(&json!({"job": "permanent", "payload": {}}))?;
+    assert_eq!(error["errorType"], "JobNotDone", "{error}");
+    let (_, unknown) = function.invoke(&json!({"detail-type": "Scheduled Event"}))?;
+    assert_eq!(unknown["errorType"], "UnknownEvent", "{unknown}");
+    let log = function.log();
+    let lines: Vec<&str> = log.lines().filter(|l| l.starts_with('{')).collect();
+    let failed = lines
+        .iter()
+        .find(|l| l.contains("job failed"))
+        .ok_or_else(|| anyhow::anyhow!("no `job failed` line: {log}"))?;
+    assert_eq!(failed.matches("\"message\":").count(), 1, "{failed}");
+    let line: Value = serde_json::from_str(failed)?;
+    assert_eq!(line["fields"]["reason"], "permanent", "{line}");
+    assert!(line["fields"]["error"].is_string(), "{line}");
+    for line in &lines {
+        serde_json::from_str::<Value>(line)?;
+        assert!(
+            !line.contains("layers::panic") && !line.contains("panicked"),
+            "{line}"
+        );
+    }
+    let answered: Vec<&&str> = lines
+        .iter()
+        .filter(|l| l.contains("answers a function error"))
+        .collect();
+    assert_eq!(answered.len(), 2, "{log}");
+    assert!(answered[1].contains("UnknownEvent"), "{}", answered[1]);
     Ok(())
 }
