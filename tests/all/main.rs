@@ -2,6 +2,7 @@
 
 mod cli;
 mod examples;
+mod faults;
 mod harness;
 mod hostile;
 mod http;

@@ -12,7 +12,7 @@ use jobhost::queue::sqlite::SqliteQueue;
 use jobhost_tests::{Handlers, fixtures, jobhost_command};
 use serde_json::{Value, json};
 
-fn spawn_run(handlers: &Handlers, db: &Path, args: &[&str]) -> anyhow::Result<Child> {
+pub(crate) fn spawn_run(handlers: &Handlers, db: &Path, args: &[&str]) -> anyhow::Result<Child> {
     Ok(jobhost_command()?
         .arg("run")
         .arg("--plugins")
@@ -24,7 +24,7 @@ fn spawn_run(handlers: &Handlers, db: &Path, args: &[&str]) -> anyhow::Result<Ch
         .spawn()?)
 }
 
-fn count(queue: &SqliteQueue, state: &str) -> anyhow::Result<u64> {
+pub(crate) fn count(queue: &SqliteQueue, state: &str) -> anyhow::Result<u64> {
     Ok(queue
         .stats()?
         .counts
@@ -34,7 +34,7 @@ fn count(queue: &SqliteQueue, state: &str) -> anyhow::Result<u64> {
         .sum())
 }
 
-fn wait_for(
+pub(crate) fn wait_for(
     what: &str,
     timeout: Duration,
     mut ready: impl FnMut() -> anyhow::Result<bool>,
@@ -49,7 +49,7 @@ fn wait_for(
     anyhow::bail!("timed out waiting for {what}")
 }
 
-fn wait_exit(child: &mut Child, timeout: Duration) -> anyhow::Result<(i32, String)> {
+pub(crate) fn wait_exit(child: &mut Child, timeout: Duration) -> anyhow::Result<(i32, String)> {
     let end = Instant::now() + timeout;
     loop {
         if let Some(status) = child.try_wait()? {

@@ -174,14 +174,9 @@ impl SqliteQueue {
             std::fs::create_dir_all(dir)
                 .map_err(|e| QueueError(format!("cannot create {}: {e}", dir.display())))?;
         }
-        let conn = Connection::open(path)
-            .map_err(|e| QueueError(format!("cannot open {}: {e}", path.display())))?;
-        conn.busy_timeout(Duration::from_secs(10))?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
-        conn.pragma_update(None, "temp_store", "MEMORY")?;
-        conn.set_prepared_statement_cache_capacity(64);
-        migrate(&conn)?;
+        let conn = open_checked(path).map_err(|e| {
+            QueueError(format!("cannot use the queue file {}: {e}", path.display()))
+        })?;
         Ok(Self {
             conn: Arc::new(Mutex::new(conn)),
             clock,
@@ -486,15 +481,57 @@ impl SqliteQueue {
     }
 }
 
-fn migrate(conn: &Connection) -> Result<(), QueueError> {
+/// Opens the file and checks it before anything is written to it: a file that is not a
+/// queue (truncated, corrupt, another program's, of a newer schema) or that cannot be
+/// written is refused with the reason, and left as it was.
+fn open_checked(path: &Path) -> Result<Connection, QueueError> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(Duration::from_secs(10))?;
+    // Reads the header and every page's structure (no writes): catches a truncated or
+    // corrupt file now, rather than at the first claim that reaches the damage.
+    let check: String = conn
+        .query_row("PRAGMA quick_check(1)", [], |r| r.get(0))
+        .map_err(|e| QueueError(format!("it is not a readable SQLite database ({e})")))?;
+    if check != "ok" {
+        return Err(QueueError(format!("it is damaged: {check}")));
+    }
     let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
     if version > SCHEMA_VERSION {
         return Err(QueueError(format!(
-            "the queue file has schema version {version}, newer than this jobhost ({SCHEMA_VERSION}); upgrade jobhost"
+            "it has schema version {version}, newer than this jobhost's ({SCHEMA_VERSION}); \
+             upgrade jobhost"
         )));
     }
+    let tables: i64 = conn.query_row(
+        "SELECT count(*) FROM sqlite_master WHERE type = 'table'",
+        [],
+        |r| r.get(0),
+    )?;
+    if version == 0 && tables > 0 {
+        return Err(QueueError(
+            "it is an SQLite database, but not a jobhost queue (no schema version)".into(),
+        ));
+    }
+    if conn.is_readonly(rusqlite::MAIN_DB)? {
+        return Err(QueueError(
+            "it is read-only (the file, or the filesystem it is on)".into(),
+        ));
+    }
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.pragma_update(None, "temp_store", "MEMORY")?;
+    conn.set_prepared_statement_cache_capacity(64);
+    migrate(&conn)?;
+    Ok(conn)
+}
+
+fn migrate(conn: &Connection) -> Result<(), QueueError> {
+    // Both are no-ops on an up-to-date file, so a host starts on a full disk.
     conn.execute_batch(SCHEMA)?;
-    conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+    let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if version != SCHEMA_VERSION {
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+    }
     Ok(())
 }
 
@@ -583,10 +620,18 @@ fn settle_one(
         Action::Retry { at, reason, message } => tx
             .prepare_cached(
                 "UPDATE jobs SET state = 'queued', run_at = ?1, reason = ?2, last_error = ?3, updated_at = ?4,
-                     lease_owner = NULL, lease_until = NULL
+                     lease_owner = NULL, lease_until = NULL, attempts = MAX(attempts - ?7, 0)
                  WHERE id = ?5 AND state = 'running' AND lease_owner = ?6",
             )?
-            .execute(params![to_ms(*at), reason.as_str(), message, now, id, owner])?,
+            .execute(params![
+                to_ms(*at),
+                reason.as_str(),
+                message,
+                now,
+                id,
+                owner,
+                i64::from(!reason.counts_attempt())
+            ])?,
         Action::DeadLetter { reason, message } => tx
             .prepare_cached(
                 "UPDATE jobs SET state = 'dead', reason = ?1, last_error = ?2, finished_at = ?3, updated_at = ?3,
