@@ -221,9 +221,16 @@ pub fn jobs(command: JobsCommand) -> anyhow::Result<ExitCode> {
             print_records(&records, json);
             Ok(ExitCode::SUCCESS)
         }
-        JobsCommand::Show { db, id } => match open(&db)?.get(&id)? {
+        JobsCommand::Show { db, id, json } => match open(&db)?.get(&id)? {
+            Some(record) if json => {
+                println!("{}", serde_json::to_string(&show_view(&record, false))?);
+                Ok(ExitCode::SUCCESS)
+            }
             Some(record) => {
-                println!("{}", serde_json::to_string_pretty(&record)?);
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&show_view(&record, true))?
+                );
                 Ok(ExitCode::SUCCESS)
             }
             None => {
@@ -276,6 +283,36 @@ pub fn stats(db: DbArgs) -> anyhow::Result<ExitCode> {
         None => println!("no job is waiting"),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A record as `jobs show` prints it: the output as JSON (not JSON text inside JSON), and
+/// with `rfc3339` the times as RFC 3339 rather than milliseconds since the epoch.
+fn show_view(record: &JobRecord, rfc3339: bool) -> serde_json::Value {
+    let mut view = serde_json::to_value(record).unwrap_or_default();
+    if let Some(output) = &record.output {
+        view["output"] = serde_json::from_str(output).unwrap_or_else(|_| output.clone().into());
+    }
+    if rfc3339 {
+        for key in [
+            "run_at",
+            "lease_until",
+            "created_at",
+            "updated_at",
+            "finished_at",
+        ] {
+            if let Some(ms) = view[key].as_i64() {
+                view[key] = rfc3339_of_ms(ms).into();
+            }
+        }
+    }
+    view
+}
+
+fn rfc3339_of_ms(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms).map_or_else(
+        || ms.to_string(),
+        |t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+    )
 }
 
 fn print_records(records: &[JobRecord], json: bool) {

@@ -283,13 +283,16 @@ pub enum JobsCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Show one job: state, attempts, progress, output, last error.
+    /// Show one job: state, attempts, progress, output, last error (times in RFC 3339).
     Show {
         /// The queue file.
         #[command(flatten)]
         db: DbArgs,
         /// The job id.
         id: String,
+        /// One line of JSON, times in milliseconds since the Unix epoch.
+        #[arg(long)]
+        json: bool,
     },
     /// Cancel a queued job.
     Cancel {

@@ -121,6 +121,29 @@ fn inspect_and_compile() -> anyhow::Result<()> {
     assert!(compiled.status.success());
     let after = inspect(cache.path())?;
     assert_eq!(after["precompiled_cached"], true);
+    // A plain Rust handler imports wasi:cli/environment and wasi:filesystem; ungranted,
+    // their calls answer an empty environment and no folders, so they are no warning.
+    assert!(
+        before["wasi_imports"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|i| i
+                .as_str()
+                .is_some_and(|s| s.starts_with("wasi:cli/environment")))),
+        "{before}"
+    );
+    assert_eq!(
+        before["ungranted_imports"],
+        serde_json::json!([]),
+        "{before}"
+    );
+    let text = jobhost()?
+        .arg("inspect")
+        .arg(handlers.file("echo", "wasm"))
+        .env("JOBHOST_CACHE_DIR", cache.path())
+        .output()?;
+    let text =
+        String::from_utf8_lossy(&text.stdout).into_owned() + &String::from_utf8_lossy(&text.stderr);
+    assert!(!text.contains("will be refused"), "{text}");
     Ok(())
 }
 
@@ -220,6 +243,22 @@ fn enqueue_checks_the_schema_and_the_queue_commands_work() -> anyhow::Result<()>
         (shown["state"].as_str(), shown["priority"].as_i64()),
         (Some("done"), Some(3))
     );
+    // Times a person can read; the output as JSON, not as JSON text inside JSON.
+    let finished = shown["finished_at"].as_str().unwrap_or_default();
+    assert!(
+        finished.starts_with("20") && finished.ends_with('Z') && finished.contains('T'),
+        "{shown}"
+    );
+    assert_eq!(shown["output"]["echo"], "hi", "{shown}");
+    let (_, raw, _) = admin(&db, &["jobs", "show", "--json", &id])?;
+    let raw: Value = serde_json::from_str(&raw)?;
+    assert!(
+        raw["finished_at"]
+            .as_i64()
+            .is_some_and(|ms| ms > 1_700_000_000_000),
+        "{raw}"
+    );
+    assert_eq!(raw["output"]["echo"], "hi", "{raw}");
     let (_, dead, _) = admin(&db, &["dlq", "list"])?;
     assert!(
         dead.contains("permanent") && dead.lines().count() == 1,
