@@ -53,6 +53,12 @@ pub fn run(args: PackageArgs) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("cannot create {}", args.out.display()))?;
     let arch = arch_name(args.arch);
 
+    anyhow::ensure!(
+        target == native_triple() || cfg!(feature = "cross"),
+        "this jobhost compiles handlers only for {}: to package for {target}, build it with \
+         `--features cross` (e.g. `cargo build --profile bootstrap -p jobhost --features cross`)",
+        native_triple()
+    );
     // The handlers, compiled for the target by the engine settings the Lambda host uses.
     let engine = JobEngine::new(lambda_engine_options(target))?;
     let stage = tempfile::tempdir()?;

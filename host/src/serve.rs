@@ -101,6 +101,7 @@ pub async fn connect_sqs(
 /// Runs the host over an SQS queue until drained or signalled.
 pub fn serve_sqs(config: &HostConfig, options: SqsServeOptions) -> anyhow::Result<RunSummary> {
     let dispatcher = Arc::new(config.start()?);
+    dispatcher.plugins().log_errors();
     let concurrency = options.concurrency.unwrap_or_else(default_concurrency);
     let runtime = io_runtime()?;
     let result = runtime.block_on(async move {
@@ -150,6 +151,7 @@ pub fn serve_sqs(config: &HostConfig, options: SqsServeOptions) -> anyhow::Resul
 /// Runs the host until drained or signalled.
 pub fn serve(config: &HostConfig, options: ServeOptions) -> anyhow::Result<RunSummary> {
     let dispatcher = Arc::new(config.start()?);
+    dispatcher.plugins().log_errors();
     if dispatcher.plugins().plugins().is_empty() {
         tracing::warn!(plugins = %config.plugins_dir.display(), "no handlers loaded; every job will be dead-lettered as unknown-job");
     }

@@ -2,7 +2,7 @@
 //!
 //! - `examples`: install the wasm32-wasip2 target if missing and build every example
 //!   handler into `examples/handlers/` (with its sidecars).
-//! - `demo`: build the examples and the host, enqueue jobs into a fresh embedded queue
+//! - `demo`: build the Rust examples and the host, enqueue jobs into a fresh embedded queue
 //!   (`target/demo/jobhost.db`), run them with `jobhost run --drain`, and show the results.
 //! - `test`: everything CI runs: examples, the host binary, and `cargo test --workspace`.
 
@@ -87,6 +87,23 @@ fn ensure_wasm_target() -> Result {
 
 /// Builds every example into `examples/handlers/`; returns that folder.
 fn build_examples() -> Result<PathBuf> {
+    let out = build_rust_examples()?;
+    let examples = root().join("examples");
+    build_js_example(&examples.join("notify-js"), &out)?;
+    let tools = Tools::ensure()?;
+    build_python_example(&tools, &examples.join("generate-report-py"), &out)?;
+    build_c_example(&tools, &examples.join("checksum-c"), &out)?;
+    eprintln!(
+        "built {} Rust, 1 JavaScript, 1 Python and 1 C handlers into {}",
+        RUST_EXAMPLES.len(),
+        out.display()
+    );
+    Ok(out)
+}
+
+/// Builds the Rust examples (and their sidecars) into `examples/handlers/`: all the demo
+/// needs, with nothing but the wasm32-wasip2 target.
+fn build_rust_examples() -> Result<PathBuf> {
     ensure_wasm_target()?;
     let examples = root().join("examples");
     let target_dir = target_root().join("wasm-examples");
@@ -116,19 +133,10 @@ fn build_examples() -> Result<PathBuf> {
             }
         }
     }
-    build_js_example(&examples.join("notify-js"), &out)?;
-    let tools = Tools::ensure()?;
-    build_python_example(&tools, &examples.join("generate-report-py"), &out)?;
-    build_c_example(&tools, &examples.join("checksum-c"), &out)?;
     // The archive example's granted folders (relative to the plugins folder).
     for dir in ["archive-in", "archive-out"] {
         std::fs::create_dir_all(out.join(dir)).map_err(|e| e.to_string())?;
     }
-    eprintln!(
-        "built {} Rust, 1 JavaScript, 1 Python and 1 C handlers into {}",
-        RUST_EXAMPLES.len(),
-        out.display()
-    );
     Ok(out)
 }
 
@@ -163,15 +171,14 @@ struct Tools {
     /// `componentize-py`, in a venv made from `xtask/tools-requirements.txt` (with moto and
     /// cargo-lambda for the tests).
     componentize_py: PathBuf,
-    /// `wit-bindgen` (C bindings) and `wasm-tools` (component new), from crates.io.
+    /// `wit-bindgen` (C bindings) and `wasm-tools` (component new, validate): stand-ins
+    /// built from `xtask/component-tools`.
     wit_bindgen: PathBuf,
     wasm_tools: PathBuf,
     /// The WASI preview-1 reactor adapter of the host's wasmtime version (for wasi-libc).
     wasi_adapter: PathBuf,
 }
 
-const WIT_BINDGEN_CLI: &str = "wit-bindgen-cli@0.57.1";
-const WASM_TOOLS: &str = "wasm-tools@1.263.0";
 /// Debian packages for the C example: clang and wasm-ld 14, wasi-libc, jsmn (JSON tokens).
 const APT_PACKAGES: &[&str] = &[
     "clang",
@@ -192,16 +199,17 @@ impl Tools {
 
     fn ensure() -> Result<Tools> {
         let dir = Self::dir();
-        let stamp = |name: &str| dir.join(format!("{}.installed", name.replace('@', "-")));
         let bin = dir.join("bin");
-        for krate in [WIT_BINDGEN_CLI, WASM_TOOLS] {
-            if !stamp(krate).is_file() {
-                run(cargo()
-                    .args(["install", "--locked", "--root"])
-                    .arg(&dir)
-                    .arg(krate))?;
-                write(&stamp(krate), "")?;
-            }
+        // `wit-bindgen c` and `wasm-tools component new|validate`, from the library crates
+        // those CLIs are made of (xtask/component-tools): a few small crates to compile
+        // rather than two large CLIs to install.
+        run(cargo().args(["build", "-q", "-p", "jobhost-component-tools"]))?;
+        let built = target_root().join("debug/component-tools");
+        std::fs::create_dir_all(&bin).map_err(|e| e.to_string())?;
+        for name in ["wit-bindgen", "wasm-tools"] {
+            let installed = bin.join(name);
+            let _ = std::fs::remove_file(&installed);
+            copy(&built, &installed)?;
         }
         let requirements = root().join("xtask/tools-requirements.txt");
         let venv = dir.join("py");
@@ -332,10 +340,12 @@ fn copy(from: &Path, to: &Path) -> Result {
         .map_err(|e| format!("copy {} -> {}: {e}", from.display(), to.display()))
 }
 
+/// The demo builds only what it runs: the Rust examples, and the host with the dev profile
+/// the tests build too (its Cranelift optimized, see Cargo.toml), so nothing is built twice.
 fn demo() -> Result {
-    let handlers = build_examples()?;
-    run(cargo().args(["build", "--release", "-p", "jobhost"]))?;
-    let jobhost = target_root().join("release/jobhost");
+    let handlers = build_rust_examples()?;
+    run(cargo().args(["build", "-p", "jobhost"]))?;
+    let jobhost = target_root().join("debug/jobhost");
     let demo_dir = target_root().join("demo");
     let _ = std::fs::remove_dir_all(&demo_dir);
     std::fs::create_dir_all(&demo_dir).map_err(|e| e.to_string())?;
@@ -389,10 +399,18 @@ fn demo() -> Result {
 
 fn test() -> Result {
     build_examples()?;
-    run(cargo().args(["build", "-p", "jobhost", "--bins"]))?;
+    // `cross`: the tests package handlers for arm64 too.
+    run(cargo().args([
+        "build",
+        "-p",
+        "jobhost",
+        "--bins",
+        "--features",
+        "jobhost/cross",
+    ]))?;
     let services = Services::start(&Tools::dir())?;
     let result = run(cargo()
-        .args(["test", "--workspace"])
+        .args(["test", "--workspace", "--features", "jobhost/cross"])
         .envs(services.env.iter().map(|(k, v)| (k, v))));
     drop(services);
     result
