@@ -7,8 +7,9 @@
   `jobhost package` (precompiled, read-only), time from exec to "runtime ready" (as logged,
   from main) and to the first answered invocation; RUNS runs, medians.
 
-Usage: python bench/aws.py JOBHOST FIXTURES_DIR [N] [RUNS]   (the tools venv's python:
-       it needs boto3 and moto; `bench/aws.sh` runs it).
+Usage: python bench/aws.py JOBHOST FIXTURES_DIR [N] [RUNS] [--latency-only]   (the tools
+       venv's python: it needs boto3 and moto; `bench/aws.sh` runs it). --latency-only runs
+       just the idle-queue latency (`bench/sqs-latency.sh`).
 """
 
 import json
@@ -25,9 +26,11 @@ import urllib.request
 
 import boto3
 
-JOBHOST, FIXTURES = sys.argv[1], sys.argv[2]
-N = int(sys.argv[3]) if len(sys.argv) > 3 else 2000
-RUNS = int(sys.argv[4]) if len(sys.argv) > 4 else 15
+LATENCY_ONLY = "--latency-only" in sys.argv
+ARGS = [a for a in sys.argv if a != "--latency-only"]
+JOBHOST, FIXTURES = ARGS[1], ARGS[2]
+N = int(ARGS[3]) if len(ARGS) > 3 else 2000
+RUNS = int(ARGS[4]) if len(ARGS) > 4 else 15
 TOOLS = os.path.dirname(os.path.dirname(sys.executable))
 TEN = ["noop", "echo", "permanent", "transient", "busy", "cpu", "clock", "spin", "panics", "huge_output"]
 
@@ -111,6 +114,9 @@ def main():
         os.makedirs(handlers)
         shutil.copy(f"{FIXTURES}/noop.wasm", handlers)
         subprocess.run([JOBHOST, "compile", handlers], env=env, check=True, capture_output=True)
+        if LATENCY_ONLY:
+            idle_latency(sqs, env, handlers)
+            return
 
         # SQS: N no-op jobs sent in batches of 10, drained by the host.
         dlq = sqs.create_queue(QueueName="bench-dlq")["QueueUrl"]
