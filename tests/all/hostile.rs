@@ -199,13 +199,32 @@ pub(crate) fn not_a_handler() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+/// A `/proc/PID/status` figure in KiB: `VmRSS` (resident now) or `VmHWM` (its peak).
+fn status_kib(pid: u32, field: &str) -> anyhow::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let line = status
         .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .ok_or_else(|| anyhow::anyhow!("no VmRSS"))?;
+        .find(|l| {
+            l.strip_prefix(field)
+                .is_some_and(|rest| rest.starts_with(':'))
+        })
+        .ok_or_else(|| anyhow::anyhow!("no {field}"))?;
     Ok(line.split_whitespace().nth(1).unwrap_or("0").parse()?)
+}
+
+fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+    status_kib(pid, "VmRSS")
+}
+
+/// `jobhost run` over a queue file, two workers, as its own process (its memory is its own).
+fn spawn_host(handlers: &Handlers, db: &Path) -> anyhow::Result<std::process::Child> {
+    Ok(jobhost_command()?
+        .args(["run", "--concurrency", "2", "--plugins"])
+        .arg(handlers.path())
+        .arg("--db")
+        .arg(db)
+        .stdout(std::process::Stdio::null())
+        .spawn()?)
 }
 
 fn settled(queue: &SqliteQueue) -> anyhow::Result<u64> {
@@ -269,13 +288,7 @@ fn hundreds_of_hostile_jobs_beside_good_ones_keep_memory_bounded() -> anyhow::Re
         }
         jobs
     };
-    let mut host = jobhost_command()?
-        .args(["run", "--concurrency", "2", "--plugins"])
-        .arg(handlers.path())
-        .arg("--db")
-        .arg(&db)
-        .stdout(std::process::Stdio::null())
-        .spawn()?;
+    let mut host = spawn_host(&handlers, &db)?;
     let outcome = (|| -> anyhow::Result<(u64, u64)> {
         // Warm up: every handler gets its pool slots.
         queue.enqueue_now(&round(40))?;
@@ -375,15 +388,6 @@ fn many_memories_or_tables_are_refused_at_load() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn peak_rss_kib(pid: u32) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let line = status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .ok_or_else(|| anyhow::anyhow!("no VmHWM"))?;
-    Ok(line.split_whitespace().nth(1).unwrap_or("0").parse()?)
-}
-
 /// Waits until `count` call-flood and echo jobs (not their children) are done or dead.
 fn wait_finished(queue: &SqliteQueue, count: usize) -> anyhow::Result<()> {
     let finished = || -> anyhow::Result<usize> {
@@ -446,21 +450,15 @@ pub(crate) fn call_flood() -> anyhow::Result<()> {
             .chain((0..20).map(|i| NewJob::new("echo", json!({"message": format!("good {i}")}))))
             .collect()
     };
-    let mut host = jobhost_command()?
-        .args(["run", "--concurrency", "2", "--plugins"])
-        .arg(handlers.path())
-        .arg("--db")
-        .arg(&db)
-        .stdout(std::process::Stdio::null())
-        .spawn()?;
+    let mut host = spawn_host(&handlers, &db)?;
     let outcome = (|| -> anyhow::Result<(u64, u64)> {
         // Warm up: both handlers get their pool slots, the queue its pages.
         queue.enqueue_now(&flood(100))?;
         wait_finished(&queue, flood(0).len())?;
-        let before = peak_rss_kib(host.id())?;
+        let before = status_kib(host.id(), "VmHWM")?;
         queue.enqueue_now(&flood(3_000_000))?;
         wait_finished(&queue, 2 * flood(0).len())?;
-        Ok((before, peak_rss_kib(host.id())?))
+        Ok((before, status_kib(host.id(), "VmHWM")?))
     })();
     let _ = host.kill();
     let _ = host.wait();
