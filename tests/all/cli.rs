@@ -279,3 +279,37 @@ fn enqueue_checks_the_schema_and_the_queue_commands_work() -> anyhow::Result<()>
     assert_eq!(code, 1);
     Ok(())
 }
+
+/// What a person reads in a file or CloudWatch: no colour codes when stderr is not a
+/// terminal, and each refused handler reported once.
+#[test]
+fn logs_to_a_pipe_are_plain_and_a_load_error_is_said_once() -> anyhow::Result<()> {
+    let handlers = Handlers::new()?;
+    handlers.add(fixtures::ECHO, "echo")?;
+    handlers.sidecar("broken", "wasm", "not a component")?;
+    let dir = tempfile::tempdir()?;
+    let run = jobhost()?
+        .args(["run", "--drain", "--plugins"])
+        .arg(handlers.path())
+        .arg("--db")
+        .arg(dir.path().join("q.db"))
+        .env("JOBHOST_LOG", "info")
+        .output()?;
+    assert!(run.status.success());
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        !stderr.contains('\u{1b}'),
+        "colour codes in a pipe: {stderr:?}"
+    );
+    assert_eq!(stderr.matches("broken.wasm").count(), 1, "{stderr}");
+    let exec = jobhost()?
+        .args(["exec", "--plugins"])
+        .arg(handlers.path())
+        .args(["broken", "{}"])
+        .output()?;
+    assert_eq!(exec.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&exec.stderr);
+    assert_eq!(stderr.matches("broken.wasm").count(), 1, "{stderr}");
+    assert!(stderr.contains("failed to load"), "{stderr}");
+    Ok(())
+}
