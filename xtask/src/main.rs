@@ -39,11 +39,13 @@ fn main() -> ExitCode {
     }
 }
 
+/// The checkout this xtask was run from. `cargo run` sets `CARGO_MANIFEST_DIR` for the
+/// process; the compile-time value is only a fallback, since a target folder shared between
+/// checkouts (CI's) may hold an xtask binary built from another one.
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_default()
+    let manifest = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from);
+    manifest.parent().map(Path::to_path_buf).unwrap_or_default()
 }
 
 /// The cargo target folder (`CARGO_TARGET_DIR` when set, as CI does).
@@ -399,12 +401,14 @@ fn demo() -> Result {
 
 fn test() -> Result {
     build_examples()?;
-    // `cross`: the tests package handlers for arm64 too.
+    // The binary the tests run and the tests themselves, in one build with the features
+    // `cargo test` unifies, so that it builds nothing again; `cross`: the tests package
+    // handlers for arm64 too.
     run(cargo().args([
         "build",
-        "-p",
-        "jobhost",
+        "--workspace",
         "--bins",
+        "--tests",
         "--features",
         "jobhost/cross",
     ]))?;
