@@ -257,6 +257,11 @@ impl<Q: Queue> Runner<Q> {
         }
     }
 
+    /// Deliveries held at once: running, and claimed ahead for free workers.
+    fn max_in_flight(&self) -> usize {
+        self.options.concurrency + self.options.prefetch
+    }
+
     /// Keeps [`Queue::receivers`] receive calls in flight, each handing its deliveries to
     /// the workers as soon as it returns; ends when one of them ends (drained or shut down).
     async fn poll_loop(
@@ -269,8 +274,7 @@ impl<Q: Queue> Runner<Q> {
     ) -> Termination {
         let receivers = self.queue.receivers().max(1);
         // Each call takes its share of the room, so every loop has a call in flight.
-        let max_in_flight = self.options.concurrency + self.options.prefetch;
-        let per_call = max_in_flight.div_ceil(receivers).min(MAX_BATCH);
+        let per_call = self.max_in_flight().div_ceil(receivers).min(MAX_BATCH);
         let loops = (0..receivers).map(|_| {
             Box::pin(self.receive_loop(
                 jobs,
@@ -293,7 +297,6 @@ impl<Q: Queue> Runner<Q> {
         leased: &Leased,
         per_call: usize,
     ) -> Termination {
-        let max_in_flight = self.options.concurrency + self.options.prefetch;
         let mut idle = Duration::from_millis(1);
         let mut error_backoff = Duration::from_millis(100);
         loop {
@@ -303,7 +306,7 @@ impl<Q: Queue> Runner<Q> {
                     unfinished: 0,
                 };
             }
-            let room = counters.reserve(max_in_flight, per_call);
+            let room = counters.reserve(self.max_in_flight(), per_call);
             if room == 0 {
                 // Another loop may take the freed room first: look again after a while.
                 tokio::select! {

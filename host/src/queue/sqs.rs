@@ -272,11 +272,8 @@ impl SqsQueue {
         millis(self.clock.now())
     }
 
-    async fn receive_once(
-        &self,
-        max: usize,
-        lease: Duration,
-    ) -> Result<Vec<Delivered>, QueueError> {
+    /// One `ReceiveMessage` long poll.
+    async fn long_poll(&self, max: usize, lease: Duration) -> Result<Vec<Delivered>, QueueError> {
         let out = self
             .client
             .receive_message()
@@ -693,7 +690,7 @@ impl Queue for SqsQueue {
     /// One long poll for up to 10 messages; the runner keeps `receive_loops` of them in
     /// flight, so one call's messages never wait for another call's wait to end.
     async fn receive(&self, max: usize, lease: Duration) -> Result<Vec<Delivered>, QueueError> {
-        self.receive_once(max, lease).await
+        self.long_poll(max, lease).await
     }
 
     async fn settle(&self, batch: Vec<Settlement>) -> Result<(), QueueError> {
