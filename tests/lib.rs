@@ -4,7 +4,10 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
-use jobhost::{Delivery, Dispatcher, EngineOptions, HostConfig, Report};
+use jobhost::config::HostConfig;
+use jobhost::dispatch::{Delivery, Dispatcher};
+use jobhost::engine::EngineOptions;
+use jobhost::job::Report;
 use serde_json::Value;
 
 /// Paths of the fixture components, built by `build.rs`.
@@ -118,13 +121,13 @@ pub fn load_errors(dispatcher: &Dispatcher) -> Vec<String> {
 pub fn drain_queue<Q: jobhost::queue::Queue>(
     queue: std::sync::Arc<Q>,
     dispatcher: std::sync::Arc<Dispatcher>,
-) -> anyhow::Result<jobhost::runner::RunSummary> {
-    let mut options = jobhost::runner::RunOptions::new(2, std::time::Duration::from_secs(30));
+) -> anyhow::Result<jobhost::run::poller::RunSummary> {
+    let mut options = jobhost::run::poller::RunOptions::new(2, std::time::Duration::from_secs(30));
     options.drain = true;
     let runtime = tokio::runtime::Runtime::new()?;
     Ok(runtime.block_on(async {
         let clock = std::sync::Arc::new(jobhost::clock::SystemClock);
-        let runner = jobhost::runner::Runner::new(queue, dispatcher, clock, options);
+        let runner = jobhost::run::poller::Runner::new(queue, dispatcher, clock, options);
         let (_stop, stopped) = tokio::sync::watch::channel(false);
         runner.run(stopped).await
     }))
@@ -134,7 +137,7 @@ pub fn drain_queue<Q: jobhost::queue::Queue>(
 pub fn drain(
     queue: &jobhost::queue::sqlite::SqliteQueue,
     dispatcher: std::sync::Arc<Dispatcher>,
-) -> anyhow::Result<jobhost::runner::RunSummary> {
+) -> anyhow::Result<jobhost::run::poller::RunSummary> {
     drain_queue(std::sync::Arc::new(queue.clone()), dispatcher)
 }
 
@@ -478,6 +481,120 @@ pub mod sqs {
             ids.push(out.message_id.unwrap_or_default());
         }
         Ok(ids)
+    }
+
+    /// An HTTP proxy in front of moto that counts the SQS calls passing through it, by
+    /// operation (`GetQueueAttributes`, `SendMessageBatch`, ...). It runs on its own thread.
+    pub struct CountingProxy {
+        /// Its endpoint, for `AWS_ENDPOINT_URL`.
+        pub endpoint: String,
+        counts: std::sync::Arc<std::sync::Mutex<HashMap<String, usize>>>,
+        _runtime: tokio::runtime::Runtime,
+    }
+
+    impl CountingProxy {
+        /// A proxy to moto on a free port of 127.0.0.1.
+        pub fn start() -> anyhow::Result<Self> {
+            let upstream = endpoint()?.trim_start_matches("http://").to_string();
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()?;
+            let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
+            let endpoint = format!("http://{}", listener.local_addr()?);
+            let counts = std::sync::Arc::new(std::sync::Mutex::new(HashMap::new()));
+            let seen = counts.clone();
+            runtime.spawn(async move {
+                while let Ok((inbound, _)) = listener.accept().await {
+                    let (upstream, seen) = (upstream.clone(), seen.clone());
+                    tokio::spawn(async move {
+                        let _ = relay(inbound, &upstream, &seen).await;
+                    });
+                }
+            });
+            Ok(Self {
+                endpoint,
+                counts,
+                _runtime: runtime,
+            })
+        }
+
+        /// How many calls of `operation` went through so far.
+        pub fn count(&self, operation: &str) -> usize {
+            let counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+            counts.get(operation).copied().unwrap_or(0)
+        }
+    }
+
+    /// One HTTP/1.1 message (head and a Content-Length body) from `stream`, after `buffer`.
+    async fn read_message(
+        stream: &mut tokio::net::TcpStream,
+        buffer: &mut Vec<u8>,
+    ) -> anyhow::Result<Option<(String, Vec<u8>)>> {
+        use tokio::io::AsyncReadExt as _;
+        loop {
+            if let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&buffer[..end]).to_string();
+                let length = head
+                    .lines()
+                    .find_map(|line| {
+                        let (name, value) = line.split_once(':')?;
+                        name.eq_ignore_ascii_case("content-length")
+                            .then(|| value.trim().parse::<usize>().ok())?
+                    })
+                    .unwrap_or(0);
+                let total = end + 4 + length;
+                while buffer.len() < total {
+                    let mut chunk = [0u8; 16 * 1024];
+                    let n = stream.read(&mut chunk).await?;
+                    anyhow::ensure!(n > 0, "closed mid-message");
+                    buffer.extend_from_slice(&chunk[..n]);
+                }
+                let message: Vec<u8> = buffer.drain(..total).collect();
+                return Ok(Some((head, message)));
+            }
+            let mut chunk = [0u8; 16 * 1024];
+            let n = stream.read(&mut chunk).await?;
+            if n == 0 {
+                return Ok(None);
+            }
+            buffer.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    async fn relay(
+        mut inbound: tokio::net::TcpStream,
+        upstream: &str,
+        seen: &std::sync::Mutex<HashMap<String, usize>>,
+    ) -> anyhow::Result<()> {
+        use tokio::io::AsyncWriteExt as _;
+        let mut outbound = tokio::net::TcpStream::connect(upstream).await?;
+        let (mut from_client, mut from_server) = (Vec::new(), Vec::new());
+        while let Some((head, request)) = read_message(&mut inbound, &mut from_client).await? {
+            let target = head.lines().find_map(|line| {
+                let (name, value) = line.split_once(':')?;
+                name.eq_ignore_ascii_case("x-amz-target")
+                    .then(|| value.trim().trim_start_matches("AmazonSQS.").to_string())
+            });
+            let operation = target.or_else(|| {
+                let body = String::from_utf8_lossy(&request);
+                let action = body.split("Action=").nth(1)?;
+                Some(action.split('&').next()?.to_string())
+            });
+            if let Some(operation) = operation {
+                *seen
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .entry(operation)
+                    .or_insert(0) += 1;
+            }
+            outbound.write_all(&request).await?;
+            let Some((_, response)) = read_message(&mut outbound, &mut from_server).await? else {
+                return Ok(());
+            };
+            inbound.write_all(&response).await?;
+        }
+        Ok(())
     }
 
     /// A current-thread runtime for a test's async parts.

@@ -6,13 +6,19 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use crate::cache::ArtifactCache;
 use crate::dispatch::{DispatchOptions, Dispatcher};
-use crate::engine::{EngineOptions, JobEngine};
-use crate::plugin::{LoadError, Loader};
+use crate::engine::{EngineError, EngineOptions, JobEngine};
+use crate::plugin::ArtifactCache;
+use crate::plugin::{FolderError, LoadError, Loader};
 
 /// The name of the cache folder kept inside a plugins folder by default.
 pub const DEFAULT_CACHE_DIR_NAME: &str = ".jobhost-cache";
+
+/// The default number of jobs running at once: two per core (handlers are CPU-bound wasm,
+/// but some wait on host calls).
+pub fn default_concurrency() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get() * 2)
+}
 
 /// Everything needed to start a host over a plugins folder.
 #[derive(Clone, Debug)]
@@ -52,12 +58,9 @@ impl HostConfig {
 
     /// Builds the engine, loads the handlers and returns the dispatcher.
     pub fn start(&self) -> Result<Dispatcher, StartupError> {
-        let engine = Arc::new(JobEngine::new(self.engine.clone()).map_err(StartupError::Engine)?);
-        let loader =
-            Loader::new(engine.clone(), Some(self.cache())).map_err(StartupError::Engine)?;
-        let plugins = loader
-            .load_dir(&self.plugins_dir)
-            .map_err(StartupError::Folder)?;
+        let engine = Arc::new(JobEngine::new(self.engine.clone())?);
+        let loader = Loader::new(engine.clone(), Some(self.cache()))?;
+        let plugins = loader.load_dir(&self.plugins_dir)?;
         if self.strict && !plugins.errors().is_empty() {
             return Err(StartupError::Strict(plugins.errors().to_vec()));
         }
@@ -69,11 +72,11 @@ impl HostConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
     /// The engine could not be built.
-    #[error("cannot build the engine: {0:#}")]
-    Engine(anyhow::Error),
+    #[error(transparent)]
+    Engine(#[from] EngineError),
     /// The plugins folder could not be read.
-    #[error("{0:#}")]
-    Folder(anyhow::Error),
+    #[error(transparent)]
+    Folder(#[from] FolderError),
     /// `--strict` and some handlers failed to load.
     #[error("{} handler(s) failed to load (--strict): {}", .0.len(), join(.0))]
     Strict(Vec<LoadError>),

@@ -12,12 +12,12 @@ use wasmtime::Trap;
 
 use crate::bindings::{Job, JobError};
 use crate::engine::JobEngine;
-use crate::envelope::{DEFAULT_MAX_BODY_BYTES, Envelope, EnvelopeError};
-use crate::execute::{Execution, JobSettings, execute, root_cause};
-use crate::limits::Limits;
-use crate::outcome::{Outcome, Reason, Report};
+use crate::job::{DEFAULT_MAX_BODY_BYTES, Envelope, EnvelopeError};
+use crate::job::{Outcome, Reason, Report};
+use crate::job::{RetryPolicy, jitter_rng};
 use crate::plugin::{Plugin, PluginSet};
-use crate::retry::{RetryPolicy, jitter_rng};
+use crate::sandbox::Limits;
+use crate::sandbox::{Execution, JobSettings, execute, root_cause};
 
 /// Host-wide dispatch settings.
 #[derive(Clone, Debug)]
@@ -51,26 +51,17 @@ pub struct Delivery {
 }
 
 /// Why a payload was refused before any handler ran (for enqueue-time checks).
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
 pub enum Rejection {
     /// No handler accepts the name.
+    #[error("no handler accepts the job name `{0}`")]
     UnknownJob(String),
     /// The handler for the name was refused at load; why.
+    #[error("{0}")]
     HandlerUnavailable(String),
     /// The payload fails the schema; one entry per error.
+    #[error("payload fails the schema: {}", .0.join("; "))]
     InvalidPayload(Vec<String>),
-}
-
-impl std::fmt::Display for Rejection {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Rejection::UnknownJob(name) => write!(f, "no handler accepts the job name `{name}`"),
-            Rejection::HandlerUnavailable(why) => f.write_str(why),
-            Rejection::InvalidPayload(errors) => {
-                write!(f, "payload fails the schema: {}", errors.join("; "))
-            }
-        }
-    }
 }
 
 /// Routes messages to handlers and runs them.

@@ -8,13 +8,12 @@ use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use anyhow::Context as _;
 use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 /// How often the epoch ticker advances the engine's epoch. Deadlines are rounded up to it.
 pub const EPOCH_TICK_MS: u64 = 10;
 
-/// Engine settings that apply to every handler; per-handler limits live in [`crate::Limits`].
+/// Engine settings that apply to every handler; per-handler limits live in [`crate::sandbox::Limits`].
 #[derive(Clone, Debug)]
 pub struct EngineOptions {
     /// Meter fuel, so a handler's instruction budget can be enforced.
@@ -55,7 +54,7 @@ pub struct JobEngine {
 
 impl JobEngine {
     /// Builds the engine and starts the epoch ticker.
-    pub fn new(options: EngineOptions) -> anyhow::Result<Self> {
+    pub fn new(options: EngineOptions) -> Result<Self, EngineError> {
         let (engine, pooled) = build_engine(&options)?;
         // A cross-compiling engine only produces artifacts; it never runs code here.
         let ticker = options
@@ -91,10 +90,10 @@ impl JobEngine {
     }
 }
 
-fn build_engine(options: &EngineOptions) -> anyhow::Result<(Engine, bool)> {
+fn build_engine(options: &EngineOptions) -> Result<(Engine, bool), EngineError> {
     let mut config = base_config(options)?;
     if !options.pooling {
-        return Ok((Engine::new(&config).map_err(anyhow::Error::from)?, false));
+        return Ok((Engine::new(&config).map_err(EngineError::of)?, false));
     }
     config.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling_config(options)));
     match Engine::new(&config) {
@@ -105,12 +104,12 @@ fn build_engine(options: &EngineOptions) -> anyhow::Result<(Engine, bool)> {
                 "the pooling allocator could not reserve its memory; falling back to on-demand allocation"
             );
             let config = base_config(options)?;
-            Ok((Engine::new(&config).map_err(anyhow::Error::from)?, false))
+            Ok((Engine::new(&config).map_err(EngineError::of)?, false))
         }
     }
 }
 
-fn base_config(options: &EngineOptions) -> anyhow::Result<Config> {
+fn base_config(options: &EngineOptions) -> Result<Config, EngineError> {
     let mut config = Config::new();
     config
         .wasm_component_model(true)
@@ -119,12 +118,26 @@ fn base_config(options: &EngineOptions) -> anyhow::Result<Config> {
         .max_wasm_stack(options.max_wasm_stack_bytes)
         .parallel_compilation(true);
     if let Some(target) = &options.target {
-        config
-            .target(target)
-            .map_err(anyhow::Error::from)
-            .with_context(|| format!("unsupported target {target}"))?;
+        config.target(target).map_err(|e| {
+            EngineError(format!(
+                "unsupported target {target}: {}",
+                crate::sandbox::error_chain(&e)
+            ))
+        })?;
     }
     Ok(config)
+}
+
+/// The engine (or the linker of its host imports) could not be built.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot build the engine: {0}")]
+pub struct EngineError(pub String);
+
+impl EngineError {
+    /// From wasmtime's error, with its causes.
+    pub fn of(error: wasmtime::Error) -> Self {
+        Self(crate::sandbox::error_chain(&error))
+    }
 }
 
 fn pooling_config(options: &EngineOptions) -> PoolingAllocationConfig {

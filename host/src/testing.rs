@@ -14,7 +14,7 @@
 //!
 //! let harness = Harness::load("target/wasm32-wasip2/release/greet.wasm")?;
 //! harness.job("greet", json!({"name": "Ada"})).run().assert_done().assert_output(json!("hello, Ada"));
-//! harness.job("greet", json!({"name": 3})).run().assert_dead_letter(jobhost::Reason::InvalidPayload);
+//! harness.job("greet", json!({"name": 3})).run().assert_dead_letter(jobhost::job::Reason::InvalidPayload);
 //! # Ok::<(), anyhow::Error>(())
 //! ```
 
@@ -27,10 +27,10 @@ use serde_json::Value;
 
 use crate::dispatch::{Delivery, DispatchOptions, Dispatcher};
 use crate::engine::{EngineOptions, JobEngine};
-use crate::envelope::Envelope;
-use crate::limits::Limits;
-use crate::outcome::{Outcome, Reason, Report};
+use crate::job::Envelope;
+use crate::job::{Outcome, Reason, Report};
 use crate::plugin::{Loader, PluginSet};
+use crate::sandbox::Limits;
 
 /// One or more loaded handlers to run jobs against.
 pub struct Harness {
@@ -39,7 +39,7 @@ pub struct Harness {
 
 impl Harness {
     /// Loads one component (with its sidecars, as the host would).
-    pub fn load(component: impl AsRef<Path>) -> anyhow::Result<Self> {
+    pub fn load(component: impl AsRef<Path>) -> Result<Self, HarnessError> {
         let engine = Arc::new(JobEngine::new(EngineOptions {
             pool_instances: 8,
             ..EngineOptions::default()
@@ -305,9 +305,31 @@ pub struct CaseResult {
     pub report: Value,
 }
 
+/// Why the harness could not start or read its cases.
+#[derive(Debug, thiserror::Error)]
+pub enum HarnessError {
+    /// The engine could not be built.
+    #[error(transparent)]
+    Engine(#[from] crate::engine::EngineError),
+    /// The component did not load.
+    #[error(transparent)]
+    Load(#[from] crate::plugin::LoadError),
+    /// A case file could not be read or parsed.
+    #[error("{0}")]
+    Cases(String),
+}
+
 /// Runs every `NAME.cases.json` in `dir` against the folder's handlers.
-pub fn run_case_files(dispatcher: &Dispatcher, dir: &Path) -> anyhow::Result<Vec<CaseResult>> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
+pub fn run_case_files(
+    dispatcher: &Dispatcher,
+    dir: &Path,
+) -> Result<Vec<CaseResult>, HarnessError> {
+    let unreadable = |path: &Path| {
+        let path = path.to_path_buf();
+        move |error: std::io::Error| HarnessError::Cases(format!("{}: {error}", path.display()))
+    };
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(unreadable(dir))?
         .filter_map(Result::ok)
         .map(|e| e.path())
         .filter(|p| p.to_string_lossy().ends_with(".cases.json"))
@@ -315,9 +337,9 @@ pub fn run_case_files(dispatcher: &Dispatcher, dir: &Path) -> anyhow::Result<Vec
     files.sort();
     let mut results = Vec::new();
     for file in files {
-        let text = std::fs::read_to_string(&file)?;
-        let cases: Vec<Case> =
-            serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+        let text = std::fs::read_to_string(&file).map_err(unreadable(&file))?;
+        let cases: Vec<Case> = serde_json::from_str(&text)
+            .map_err(|e| HarnessError::Cases(format!("{}: {e}", file.display())))?;
         let stem = file
             .file_name()
             .map(|n| {
@@ -350,7 +372,7 @@ fn run_case(dispatcher: &Dispatcher, file: &Path, stem: &str, case: Case) -> Cas
         },
         _ => None,
     };
-    let now = match case.now.as_deref().map(crate::request::parse_at) {
+    let now = match case.now.as_deref().map(crate::job::parse_at) {
         Some(Ok(at)) => Some(at),
         Some(Err(e)) => {
             failures.push(format!("now: {e}"));

@@ -313,3 +313,62 @@ fn logs_to_a_pipe_are_plain_and_a_load_error_is_said_once() -> anyhow::Result<()
     assert!(stderr.contains("failed to load"), "{stderr}");
     Ok(())
 }
+
+/// A value out of range is refused before anything starts, naming the flag (or its
+/// environment variable's flag) and the allowed range; nothing is clamped silently.
+#[test]
+fn an_out_of_range_flag_is_refused_naming_the_flag() -> anyhow::Result<()> {
+    // (flags, environment, the flag named, the range shown)
+    type Case = (
+        &'static [&'static str],
+        &'static [(&'static str, &'static str)],
+        &'static str,
+        &'static str,
+    );
+    let cases: [Case; 4] = [
+        (
+            &["--sqs-wait", "30s"],
+            &[],
+            "--sqs-wait",
+            "allowed 0s to 20s",
+        ),
+        (
+            &[],
+            &[("JOBHOST_SQS_WAIT", "30s")],
+            "--sqs-wait",
+            "allowed 0s to 20s",
+        ),
+        (
+            &["--sqs-max-hide", "12h"],
+            &[],
+            "--sqs-max-hide",
+            "allowed 1s to 11h 40m",
+        ),
+        (
+            &["--concurrency", "0"],
+            &[],
+            "--concurrency",
+            "0 is not in 1..",
+        ),
+    ];
+    for (args, env, flag, range) in cases {
+        let output = jobhost()?
+            .args([
+                "run",
+                "--queue",
+                "sqs://nowhere",
+                "--plugins",
+                "/nonexistent",
+            ])
+            .args(args)
+            .envs(env.iter().copied())
+            .output()?;
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{args:?} {env:?}: {stderr}");
+        assert!(
+            stderr.contains(&format!("for '{flag} ")) && stderr.contains(range),
+            "{args:?} {env:?}: {stderr}"
+        );
+    }
+    Ok(())
+}

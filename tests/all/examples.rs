@@ -4,8 +4,10 @@ use std::path::PathBuf;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
+use jobhost::config::HostConfig;
+use jobhost::dispatch::Dispatcher;
+use jobhost::job::{Outcome, Reason};
 use jobhost::testing::Harness;
-use jobhost::{Dispatcher, HostConfig, Outcome, Reason};
 use jobhost_tests::{run_job, shared_cache_dir};
 use serde_json::{Value, json};
 

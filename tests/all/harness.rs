@@ -2,8 +2,9 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use jobhost::job::Reason;
+use jobhost::sandbox::Limits;
 use jobhost::testing::Harness;
-use jobhost::{Limits, Reason};
 use jobhost_tests::{Handlers, fixtures, jobhost_command};
 use serde_json::{Value, json};
 

@@ -3,9 +3,9 @@
 
 use std::path::Path;
 
+use jobhost::job::{Outcome, Reason};
 use jobhost::queue::NewJob;
 use jobhost::queue::sqlite::SqliteQueue;
-use jobhost::{Outcome, Reason};
 use jobhost_tests::{Handlers, fixtures, jobhost_command, load_errors, run_job};
 use serde_json::{Value, json};
 
@@ -473,7 +473,7 @@ pub(crate) fn call_flood() -> anyhow::Result<()> {
     // Logs, progress and enqueues over their caps are dropped or refused, and the job goes
     // on to finish; resources (header maps) past wasmtime's handle and field-size limits
     // trap the job instead.
-    let outcome = |record: &jobhost::queue::sqlite::JobRecord| {
+    let outcome = |record: &jobhost::queue::JobRecord| {
         let kind = record.payload["kind"]
             .as_str()
             .unwrap_or_default()

@@ -1,7 +1,7 @@
 //! Outbound HTTP: denied by default, allowlisted per handler, bounded; against a real HTTP
 //! server on 127.0.0.1 (never any other address).
 
-use jobhost::{Outcome, Reason};
+use jobhost::job::{Outcome, Reason};
 use jobhost_tests::{Handlers, TestServer, fixtures, run_job};
 use serde_json::{Value, json};
 

@@ -463,14 +463,12 @@ fn a_job_never_outlives_the_invocation() -> anyhow::Result<()> {
         "toml",
         "[limits]\ntimeout-ms = 60_000\nfuel = 1_000_000_000_000\n",
     )?;
-    let dispatcher = std::sync::Arc::new(handlers.dispatcher()?);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
     let client = rt.block_on(sqs::client())?;
-    let host =
-        jobhost::lambda::LambdaHost::new(dispatcher, client, None, 2, Duration::from_millis(200));
+    let host = lambda_host(&handlers, client, 2)?;
     let started = Instant::now();
     let deadline = std::time::SystemTime::now() + Duration::from_millis(700);
     let result = rt.block_on(host.handle(json!({"job": "spin", "payload": {}}), deadline));
@@ -580,5 +578,163 @@ fn json_logs_carry_each_key_once_and_no_false_panic() -> anyhow::Result<()> {
         .collect();
     assert_eq!(answered.len(), 2, "{log}");
     assert!(answered[1].contains("UnknownEvent"), "{}", answered[1]);
+    Ok(())
+}
+
+/// A Lambda host over `handlers`, running `concurrency` records at once.
+fn lambda_host(
+    handlers: &Handlers,
+    client: aws_sdk_sqs::Client,
+    concurrency: usize,
+) -> anyhow::Result<jobhost::run::lambda::LambdaHost> {
+    use jobhost::run::lambda::{LambdaHost, LambdaOptions};
+    let options = LambdaOptions {
+        dlq_url: None,
+        concurrency,
+        margin: Duration::from_millis(200),
+    };
+    Ok(LambdaHost::new(
+        std::sync::Arc::new(handlers.dispatcher()?),
+        std::sync::Arc::new(jobhost::clock::SystemClock),
+        client,
+        options,
+    ))
+}
+
+/// A manifest's `concurrency` holds on Lambda as on the poller: four records of a handler
+/// limited to one at a time run one after the other, though the host runs four at once.
+#[test]
+fn a_manifest_concurrency_limit_holds_in_a_lambda_batch() -> anyhow::Result<()> {
+    let handlers = Handlers::new()?;
+    handlers.add(fixtures::BUSY, "busy")?;
+    handlers.sidecar("busy", "toml", "concurrency = 1\n")?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let host = lambda_host(&handlers, rt.block_on(sqs::client())?, 4)?;
+    // Done records need no SQS call, so the source queue need not exist.
+    let records: Vec<Value> = (0..4)
+        .map(|i| {
+            json!({
+                "messageId": format!("m{i}"), "receiptHandle": format!("r{i}"),
+                "body": json!({"job": "busy", "payload": {"i": i, "ms": 300}}).to_string(),
+                "attributes": {"ApproximateReceiveCount": "1"}, "messageAttributes": {},
+                "md5OfBody": "", "eventSource": "aws:sqs",
+                "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:gated",
+                "awsRegion": "us-east-1",
+            })
+        })
+        .collect();
+    let deadline = std::time::SystemTime::now() + Duration::from_secs(60);
+    let started = Instant::now();
+    let response = rt.block_on(host.handle(json!({"Records": records}), deadline))?;
+    let elapsed = started.elapsed();
+    assert_eq!(failures(&response), Vec::<String>::new(), "{response}");
+    // Each record spins 300 ms of wall-clock time: one at a time, they take 1.2 s at least
+    // (four at once would take about 300 ms).
+    assert!(
+        elapsed >= Duration::from_millis(1200),
+        "the four records overlapped: the batch took {elapsed:?}"
+    );
+    Ok(())
+}
+
+/// The follow-up jobs of a whole batch go out together, ten to a call, not one call per
+/// parent (counted at a proxy in front of moto).
+#[test]
+fn a_lambda_batch_sends_its_follow_up_jobs_in_batches() -> anyhow::Result<()> {
+    let proxy = sqs::CountingProxy::start()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let client = rt.block_on(sqs::client())?;
+    let queue = rt.block_on(sqs::queue_pair(&client, "fanout", 30, false))?;
+    let bodies: Vec<String> = (0..10)
+        .map(|i| {
+            json!({"job": "echo", "payload": {"message": format!("p{i}"), "children": 1}})
+                .to_string()
+        })
+        .collect();
+    rt.block_on(sqs::send_raw(&client, &queue.url, &bodies))?;
+    let received = rt.block_on(sqs::receive_all(&client, &queue.url))?;
+    assert_eq!(received.len(), 10);
+    let proxied = {
+        let credentials =
+            aws_sdk_sqs::config::Credentials::new("testing", "testing", None, None, "tests");
+        let config = aws_sdk_sqs::Config::builder()
+            .behavior_version(aws_sdk_sqs::config::BehaviorVersion::latest())
+            .region(aws_sdk_sqs::config::Region::new("us-east-1"))
+            .credentials_provider(credentials)
+            .endpoint_url(&proxy.endpoint)
+            .build();
+        aws_sdk_sqs::Client::from_conf(config)
+    };
+    let host = lambda_host(&handlers()?, proxied, 4)?;
+    let deadline = std::time::SystemTime::now() + Duration::from_secs(60);
+    let response = rt.block_on(host.handle(event_for(&queue, &received), deadline))?;
+    assert_eq!(failures(&response), Vec::<String>::new(), "{response}");
+    assert_eq!(
+        (proxy.count("SendMessageBatch"), proxy.count("SendMessage")),
+        (1, 0),
+        "ten follow-up jobs in one call"
+    );
+    // The parents are left for Lambda to delete; the ten children are in the queue.
+    let children = rt.block_on(sqs::receive_all(&client, &queue.url))?;
+    let mut messages: Vec<String> = children
+        .iter()
+        .filter_map(|m| serde_json::from_str::<Value>(&m.body).ok())
+        .filter_map(|b| b["payload"]["message"].as_str().map(str::to_string))
+        .collect();
+    messages.sort();
+    assert_eq!(messages, vec!["child 0"; 10]);
+    Ok(())
+}
+
+/// The queue for direct invocations' follow-up jobs is looked up once, at init: two
+/// invocations that enqueue make no `GetQueueAttributes` call (counted at a proxy).
+#[test]
+fn direct_invocations_look_up_their_follow_up_queue_only_at_init() -> anyhow::Result<()> {
+    let _one = EMULATOR.lock().unwrap_or_else(|e| e.into_inner());
+    let proxy = sqs::CountingProxy::start()?;
+    let rt = sqs::runtime()?;
+    let client = rt.block_on(sqs::client())?;
+    let queue = rt.block_on(sqs::queue_pair(&client, "children", 30, false))?;
+    let handlers = handlers()?;
+    let mut function = Function::start(
+        handlers.path(),
+        &[
+            ("JOBHOST_SQS_URL", &queue.url),
+            ("AWS_ENDPOINT_URL", &proxy.endpoint),
+        ],
+    )?;
+    let ready = Instant::now();
+    while !function.log().contains("Lambda runtime ready") {
+        anyhow::ensure!(
+            ready.elapsed() < Duration::from_secs(60),
+            "never ready: {}",
+            function.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let at_init = proxy.count("GetQueueAttributes");
+    for message in ["first", "second"] {
+        let (status, report) = function
+            .invoke(&json!({"job": "echo", "payload": {"message": message, "children": 1}}))?;
+        assert_eq!(
+            (status, report["outcome"].as_str()),
+            (200, Some("done")),
+            "{report}"
+        );
+    }
+    assert_eq!(
+        proxy.count("GetQueueAttributes"),
+        at_init,
+        "GetQueueAttributes after init"
+    );
+    assert_eq!(proxy.count("SendMessageBatch"), 2);
+    let sent = rt.block_on(sqs::receive_all(&client, &queue.url))?;
+    assert_eq!(sent.len(), 2, "{sent:?}");
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! Loading a plugins folder: bad files are reported by name and skipped, the rest load.
 
-use jobhost::{ArtifactSource, Reason, SchemaSource};
+use jobhost::job::Reason;
+use jobhost::plugin::{ArtifactSource, SchemaSource};
 use jobhost_tests::{Handlers, fixtures, load_errors, run_job};
 use serde_json::json;
 
@@ -121,9 +122,9 @@ fn a_sidecar_schema_overrides_describe() -> anyhow::Result<()> {
 
 #[test]
 fn a_job_for_a_refused_handler_waits_as_handler_unavailable() -> anyhow::Result<()> {
-    use jobhost::Outcome;
+    use jobhost::job::Outcome;
     use jobhost::queue::sqlite::SqliteQueue;
-    use jobhost::queue::{Action, NewJob, Queue as _, Settlement};
+    use jobhost::queue::{NewJob, Queue as _, Settlement};
     let handlers = Handlers::new()?;
     // Refused after describing its names (echo, echo-alias): an invalid schema sidecar.
     handlers.add(fixtures::ECHO, "echo")?;
@@ -172,14 +173,14 @@ fn a_job_for_a_refused_handler_waits_as_handler_unavailable() -> anyhow::Result<
         .ok_or_else(|| anyhow::anyhow!("not claimed"))?;
     let report = match &delivered.message {
         jobhost::queue::Message::Envelope(envelope) => {
-            dispatcher.dispatch_envelope(envelope.clone(), &jobhost::Delivery::default())
+            dispatcher.dispatch_envelope(envelope.clone(), &jobhost::dispatch::Delivery::default())
         }
         jobhost::queue::Message::Raw(body) => {
-            dispatcher.dispatch(body, &jobhost::Delivery::default())
+            dispatcher.dispatch(body, &jobhost::dispatch::Delivery::default())
         }
     };
-    let action = Action::from_report(&report, std::time::SystemTime::now());
-    rt.block_on(queue.settle(vec![Settlement { delivered, action }]))?;
+    let settlement = Settlement::of_report(delivered, report, std::time::SystemTime::now());
+    rt.block_on(queue.settle(vec![settlement]))?;
     let record = queue.get(&id)?.ok_or_else(|| anyhow::anyhow!("gone"))?;
     assert_eq!(
         (
@@ -194,8 +195,8 @@ fn a_job_for_a_refused_handler_waits_as_handler_unavailable() -> anyhow::Result<
 
 #[test]
 fn a_job_without_a_payload_gets_an_empty_object_on_every_path() -> anyhow::Result<()> {
-    use jobhost::request::{JobRequest, RequestError};
-    use jobhost::{Delivery, Rejection};
+    use jobhost::dispatch::{Delivery, Rejection};
+    use jobhost::job::{JobRequest, RequestError};
     let handlers = Handlers::new()?;
     handlers.add(fixtures::ECHO, "echo")?;
     handlers.add(fixtures::NOOP, "noop")?;

@@ -1,6 +1,6 @@
 //! One test per row of the outcome table, each produced by a real guest.
 
-use jobhost::{Outcome, Reason};
+use jobhost::job::{Outcome, Reason};
 use jobhost_tests::{Handlers, fixtures, run_job};
 use serde_json::{Value, json};
 
@@ -285,7 +285,7 @@ fn rejected_messages_never_reach_a_handler() -> anyhow::Result<()> {
     let mut config = handlers.config();
     config.dispatch.max_body_bytes = 1_000;
     let dispatcher = config.start()?;
-    let delivery = jobhost::Delivery::default();
+    let delivery = jobhost::dispatch::Delivery::default();
     let cases: [(&[u8], Reason); 5] = [
         (b"not json", Reason::Malformed),
         (br#"{"payload": {}}"#, Reason::Malformed),

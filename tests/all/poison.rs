@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use jobhost::queue::NewJob;
 use jobhost::queue::sqlite::SqliteQueue;
-use jobhost::runner::Termination;
+use jobhost::run::poller::Termination;
 use jobhost_tests::{Handlers, fixtures};
 use serde_json::json;
 

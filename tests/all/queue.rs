@@ -5,10 +5,12 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use jobhost::clock::{Clock as _, ManualClock};
-use jobhost::queue::sqlite::{CancelResult, Retention, SqliteQueue};
-use jobhost::queue::{Action, Delivered, Enqueued, NewJob, Settlement};
-use jobhost::schedule::Scheduler;
-use jobhost::{Delivery, Reason};
+use jobhost::dispatch::Delivery;
+use jobhost::job::{Outcome, Reason};
+use jobhost::queue::CancelResult;
+use jobhost::queue::sqlite::{Retention, SqliteQueue};
+use jobhost::queue::{Delivered, Enqueued, NewJob, Settlement};
+use jobhost::run::schedule::Scheduler;
 use jobhost_tests::{Handlers, fixtures};
 use serde_json::json;
 
@@ -39,11 +41,15 @@ impl Db {
     }
 }
 
-fn settle(queue: &SqliteQueue, delivered: &Delivered, action: Action) -> anyhow::Result<()> {
-    Ok(queue.settle_now(&[Settlement {
-        delivered: delivered.clone(),
-        action,
-    }])?)
+fn settle(queue: &SqliteQueue, delivered: &Delivered, outcome: Outcome) -> anyhow::Result<()> {
+    settle_with(
+        queue,
+        Settlement::new(delivered.clone(), outcome, queue.clock().now()),
+    )
+}
+
+fn settle_with(queue: &SqliteQueue, settlement: Settlement) -> anyhow::Result<()> {
+    Ok(queue.settle_now(&[settlement])?)
 }
 
 fn state(queue: &SqliteQueue, id: &str) -> anyhow::Result<String> {
@@ -69,17 +75,22 @@ fn every_state_transition() -> anyhow::Result<()> {
     assert!(claimed.iter().all(|d| d.attempt == 1));
     assert_eq!(state(&queue, &claimed[0].id)?, "running");
     // running -> done, with output and progress kept.
-    let progress = jobhost::Progress {
+    let progress = jobhost::job::Progress {
         done: 3,
         total: 3,
         message: None,
     };
-    let done = Action::Done {
-        output: Some("\"ok\"".into()),
+    let done = Settlement {
         progress: Some(progress),
-        children: vec![],
+        ..Settlement::new(
+            claimed[0].clone(),
+            Outcome::Done {
+                output: Some("\"ok\"".into()),
+            },
+            queue.clock().now(),
+        )
     };
-    settle(&queue, &claimed[0], done)?;
+    settle_with(&queue, done)?;
     let record = queue
         .get(&claimed[0].id)?
         .ok_or_else(|| anyhow::anyhow!("kept"))?;
@@ -92,7 +103,7 @@ fn every_state_transition() -> anyhow::Result<()> {
         Some(json!({"done": 3, "total": 3, "message": null}))
     );
     // running -> dead, with the reason.
-    let dead = Action::DeadLetter {
+    let dead = Outcome::DeadLetter {
         reason: Reason::Permanent,
         message: "no such user".into(),
     };
@@ -123,7 +134,7 @@ fn every_state_transition() -> anyhow::Result<()> {
     settle(
         &queue,
         &again[0],
-        Action::DeadLetter {
+        Outcome::DeadLetter {
             reason: Reason::Trap,
             message: "x".into(),
         },
@@ -140,12 +151,11 @@ fn a_retry_waits_for_its_backoff_on_the_clock() -> anyhow::Result<()> {
     let queue = db.open()?;
     queue.enqueue_now(&[NewJob::new("a", json!({}))])?;
     let first = queue.claim(1, LEASE)?;
-    let at = db.clock.now() + Duration::from_secs(5);
     settle(
         &queue,
         &first[0],
-        Action::Retry {
-            at,
+        Outcome::Retry {
+            delay: Duration::from_secs(5),
             reason: Reason::Transient,
             message: "503".into(),
         },
@@ -216,12 +226,17 @@ fn an_expired_lease_is_claimed_again_and_the_old_result_is_dropped() -> anyhow::
     let taken = alive.claim(1, LEASE)?;
     assert_eq!((taken.len(), taken[0].attempt), (1, 2));
     // The first worker comes back late: its result must not overwrite the new lease.
-    let stale = Action::Done {
-        output: Some("\"stale\"".into()),
-        progress: None,
+    let stale = Settlement {
         children: vec![NewJob::new("child", json!({}))],
+        ..Settlement::new(
+            lost[0].clone(),
+            Outcome::Done {
+                output: Some("\"stale\"".into()),
+            },
+            died.clock().now(),
+        )
     };
-    settle(&died, &lost[0], stale)?;
+    settle_with(&died, stale)?;
     assert_eq!(state(&alive, &taken[0].id)?, "running");
     assert!(
         alive.list(None, Some("child"), 10)?.is_empty(),
@@ -230,10 +245,8 @@ fn an_expired_lease_is_claimed_again_and_the_old_result_is_dropped() -> anyhow::
     settle(
         &alive,
         &taken[0],
-        Action::Done {
+        Outcome::Done {
             output: Some("\"fresh\"".into()),
-            progress: None,
-            children: vec![],
         },
     )?;
     assert_eq!(
@@ -286,15 +299,7 @@ fn unique_keys_return_the_existing_job() -> anyhow::Result<()> {
         [Enqueued::Duplicate(id.clone())],
         "running counts too"
     );
-    settle(
-        &queue,
-        &claimed[0],
-        Action::Done {
-            output: None,
-            progress: None,
-            children: vec![],
-        },
-    )?;
+    settle(&queue, &claimed[0], Outcome::Done { output: None })?;
     let after = queue.enqueue_now(std::slice::from_ref(&job))?.remove(0);
     assert!(
         matches!(after, Enqueued::Created(ref new) if *new != id),
@@ -323,14 +328,18 @@ fn children_are_committed_only_with_the_parents_success() -> anyhow::Result<()> 
             attempt: Some(d.attempt),
             ..Delivery::default()
         };
-        Action::from_report(
-            &dispatcher.dispatch_envelope(envelope.clone(), &delivery),
+        Settlement::of_report(
+            d.clone(),
+            dispatcher.dispatch_envelope(envelope.clone(), &delivery),
             db.clock.now(),
         )
     };
     let failed = run(&delivered);
-    assert!(matches!(failed, Action::Retry { .. }), "{failed:?}");
-    settle(&queue, &delivered, failed)?;
+    assert!(
+        matches!(failed.outcome, Outcome::Retry { .. }),
+        "{failed:?}"
+    );
+    settle_with(&queue, failed)?;
     assert!(
         queue.list(Some("queued"), None, 10)?.len() == 1,
         "the failed parent left no children"
@@ -340,7 +349,7 @@ fn children_are_committed_only_with_the_parents_success() -> anyhow::Result<()> 
     ok.enqueue_now(&[NewJob::new("echo", json!({"message": "p", "children": 3}))])?;
     let parent = ok.claim(10, LEASE)?.into_iter().find(|d| matches!(&d.message, jobhost::queue::Message::Envelope(e) if e.payload["fail"].is_null())).ok_or_else(|| anyhow::anyhow!("claimed"))?;
     let done = run(&parent);
-    settle(&ok, &parent, done)?;
+    settle_with(&ok, done)?;
     let children = ok.list(Some("queued"), Some("echo"), 10)?;
     let mine: Vec<_> = children
         .iter()
@@ -369,16 +378,26 @@ fn periodic_ticks_are_not_doubled_across_a_restart() -> anyhow::Result<()> {
     let db = Db::new()?;
     // 1_800_000_000 s is 10:40:00 UTC; start half a minute later.
     db.clock.advance(Duration::from_secs(30));
-    let mut first = Scheduler::new(dispatcher.plugins(), db.open()?);
+    let rt = jobhost_tests::sqs::runtime()?;
+    let scheduler = || -> anyhow::Result<_> {
+        let queue = db.open()?;
+        let clock = queue.clock().clone();
+        Ok(Scheduler::new(
+            dispatcher.plugins(),
+            std::sync::Arc::new(queue),
+            clock,
+        ))
+    };
+    let mut first = scheduler()?;
     // Looking back one minute at start, the 10:40:00 tick is due once.
-    assert_eq!(first.tick()?.len(), 1);
-    assert_eq!(first.tick()?.len(), 0);
+    assert_eq!(rt.block_on(first.tick())?.len(), 1);
+    assert_eq!(rt.block_on(first.tick())?.len(), 0);
     db.clock.advance(Duration::from_secs(31));
-    assert_eq!(first.tick()?.len(), 1, "the 10:41:00 tick");
+    assert_eq!(rt.block_on(first.tick())?.len(), 1, "the 10:41:00 tick");
     // A restart a few seconds later looks back over both ticks and enqueues neither again.
     db.clock.advance(Duration::from_secs(5));
-    let mut restarted = Scheduler::new(dispatcher.plugins(), db.open()?);
-    assert_eq!(restarted.tick()?.len(), 0);
+    let mut restarted = scheduler()?;
+    assert_eq!(rt.block_on(restarted.tick())?.len(), 0);
     let queue = db.open()?;
     let jobs = queue.list(None, Some("noop"), 10)?;
     assert_eq!(jobs.len(), 2);
@@ -408,7 +427,10 @@ fn the_runner_drains_a_real_queue_file() -> anyhow::Result<()> {
     jobs.push(flaky);
     queue.enqueue_now(&jobs)?;
     let summary = jobhost_tests::drain(&queue, dispatcher)?;
-    assert_eq!(summary.termination, jobhost::runner::Termination::Drained);
+    assert_eq!(
+        summary.termination,
+        jobhost::run::poller::Termination::Drained
+    );
     assert_eq!(summary.dead, 3);
     let dead = queue.list(Some("dead"), None, 10)?;
     let mut reasons: Vec<String> = dead.iter().filter_map(|r| r.reason.clone()).collect();

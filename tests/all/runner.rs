@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use jobhost::queue::memory::MemoryQueue;
 use jobhost::queue::{NewJob, Queue, QueueError};
-use jobhost::runner::Termination;
+use jobhost::run::poller::Termination;
 use jobhost_tests::{Handlers, Observed, drain_queue, fixtures};
 use serde_json::json;
 

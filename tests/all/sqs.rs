@@ -7,8 +7,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use jobhost::clock::{Clock, ManualClock, SystemClock};
 use jobhost::queue::sqs::{SqsOptions, SqsQueue};
-use jobhost::queue::{Action, Delivered, NewJob, Queue, Settlement};
-use jobhost::runner::{RunOptions, Runner};
+use jobhost::queue::{Delivered, NewJob, Queue, Settlement};
+use jobhost::run::poller::{RunOptions, Runner};
 use jobhost_tests::sqs::{self, QueuePair, Received};
 use jobhost_tests::{Handlers, Observed, fixtures, jobhost_command};
 use serde_json::{Value, json};
@@ -183,7 +183,7 @@ fn a_retry_hides_the_message_for_its_backoff_and_counts_the_attempt() -> anyhow:
     rt.block_on(async {
         let client = sqs::client().await?;
         let pair = sqs::queue_pair(&client, "backoff", 30, false).await?;
-        let queue = connect(&pair, Arc::new(SystemClock), Duration::from_secs(43_200)).await?;
+        let queue = connect(&pair, Arc::new(SystemClock), jobhost::queue::sqs::MAX_HOP).await?;
         assert_eq!(queue.visibility_timeout(), Duration::from_secs(30));
         queue
             .enqueue(vec![NewJob::new("echo", json!({"message": "x"}))])
@@ -191,16 +191,16 @@ fn a_retry_hides_the_message_for_its_backoff_and_counts_the_attempt() -> anyhow:
         let first = queue.receive(10, Duration::from_secs(30)).await?;
         assert_eq!(first.len(), 1);
         assert_eq!(first[0].attempt, 1);
-        let retry_at = SystemTime::now() + Duration::from_secs(2);
         queue
-            .settle(vec![Settlement {
-                delivered: first[0].clone(),
-                action: Action::Retry {
-                    at: retry_at,
-                    reason: jobhost::Reason::Transient,
+            .settle(vec![Settlement::new(
+                first[0].clone(),
+                jobhost::job::Outcome::Retry {
+                    delay: Duration::from_secs(2),
+                    reason: jobhost::job::Reason::Transient,
                     message: "503".into(),
                 },
-            }])
+                SystemTime::now(),
+            )])
             .await?;
         let early = queue.receive(10, Duration::from_secs(30)).await?;
         assert!(early.is_empty(), "delivered before its backoff: {early:?}");
@@ -270,7 +270,7 @@ fn fifo_groups_run_in_order_and_a_failure_holds_the_rest_of_its_group() -> anyho
     let order = rt.block_on(async {
         let client = sqs::client().await?;
         let pair = sqs::queue_pair(&client, "fifo", 10, true).await?;
-        let queue = connect(&pair, Arc::new(SystemClock), Duration::from_secs(43_200)).await?;
+        let queue = connect(&pair, Arc::new(SystemClock), jobhost::queue::sqs::MAX_HOP).await?;
         assert!(queue.is_fifo());
         let mut jobs = Vec::new();
         for i in 1..=6 {
@@ -290,10 +290,7 @@ fn fifo_groups_run_in_order_and_a_failure_holds_the_rest_of_its_group() -> anyho
         let log = done.clone();
         recording.on_settle = Box::new(move |batch: &Vec<Settlement>| {
             let mut log = log.lock().unwrap_or_else(|e| e.into_inner());
-            for s in batch
-                .iter()
-                .filter(|s| matches!(s.action, Action::Done { .. }))
-            {
+            for s in batch.iter().filter(|s| s.outcome.is_done()) {
                 let envelope: Value =
                     serde_json::from_slice(body(&s.delivered)).unwrap_or_default();
                 log.push(

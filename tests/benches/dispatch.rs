@@ -12,7 +12,10 @@
 use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use jobhost::{Delivery, Dispatcher, EngineOptions, Envelope, PayloadSchema};
+use jobhost::dispatch::{Delivery, Dispatcher};
+use jobhost::engine::EngineOptions;
+use jobhost::job::Envelope;
+use jobhost::plugin::PayloadSchema;
 use jobhost_tests::{Handlers, fixtures};
 
 fn dispatcher(handlers: &Handlers, fuel: bool) -> Dispatcher {

@@ -16,8 +16,12 @@ use std::time::{Duration, SystemTime};
 
 use aws_lambda_events::event::sqs::SqsEvent;
 use criterion::{Criterion, criterion_group, criterion_main};
-use jobhost::lambda::{LambdaHost, lambda_engine_options, native_triple};
-use jobhost::{ArtifactCache, Delivery, HostConfig, JobEngine};
+use jobhost::clock::SystemClock;
+use jobhost::config::HostConfig;
+use jobhost::dispatch::Delivery;
+use jobhost::engine::JobEngine;
+use jobhost::plugin::ArtifactCache;
+use jobhost::run::lambda::{LambdaHost, LambdaOptions, lambda_engine_options, native_triple};
 use jobhost_tests::{Handlers, fixtures};
 use serde_json::json;
 
@@ -70,7 +74,12 @@ fn start(handlers: &Handlers, runtime: &tokio::runtime::Runtime) -> LambdaHost {
     config.engine = lambda_engine_options(native_triple());
     let dispatcher = Arc::new(config.start().expect("handlers load"));
     let client = runtime.block_on(jobhost::queue::sqs::client_from_env());
-    LambdaHost::new(dispatcher, client, None, 2, Duration::from_millis(500))
+    let options = LambdaOptions {
+        dlq_url: None,
+        concurrency: 2,
+        margin: Duration::from_millis(500),
+    };
+    LambdaHost::new(dispatcher, Arc::new(SystemClock), client, options)
 }
 
 fn lambda(c: &mut Criterion) {
@@ -87,7 +96,7 @@ fn lambda(c: &mut Criterion) {
         .plugins()
         .plugins()
         .iter()
-        .filter(|p| p.artifact == jobhost::ArtifactSource::Cached)
+        .filter(|p| p.artifact == jobhost::plugin::ArtifactSource::Cached)
         .count();
     assert_eq!(loaded, 10, "all ten deserialized, none compiled");
 

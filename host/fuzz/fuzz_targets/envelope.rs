@@ -2,7 +2,7 @@
 //! survives a round trip.
 #![no_main]
 
-use jobhost::{Envelope, EnvelopeError};
+use jobhost::job::{Envelope, EnvelopeError};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|body: &[u8]| {

@@ -1,7 +1,7 @@
 //! Any text is a valid manifest or an error naming the file, never a panic.
 #![no_main]
 
-use jobhost::Manifest;
+use jobhost::plugin::Manifest;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|text: &str| {

@@ -2,7 +2,7 @@
 //! errors exactly when the payload is invalid.
 #![no_main]
 
-use jobhost::PayloadSchema;
+use jobhost::plugin::PayloadSchema;
 use libfuzzer_sys::fuzz_target;
 
 const SCHEMA: &str = r##"{
@@ -21,5 +21,5 @@ fuzz_target!(|data: &[u8]| {
     let Ok(payload) = serde_json::from_slice::<serde_json::Value>(data) else { return };
     let schema = PayloadSchema::compile(SCHEMA).expect("the schema compiles");
     let errors = schema.check(&payload);
-    assert!(errors.len() <= jobhost::schema::MAX_SCHEMA_ERRORS);
+    assert!(errors.len() <= jobhost::plugin::MAX_SCHEMA_ERRORS);
 });

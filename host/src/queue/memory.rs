@@ -6,8 +6,8 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
-use super::{Action, Delivered, Enqueued, Message, NewJob, Queue, QueueError, Settlement};
-use crate::envelope::Envelope;
+use super::{Delivered, Enqueued, Message, NewJob, Queue, QueueError, Settlement};
+use crate::job::{Envelope, Outcome};
 
 #[derive(Clone, Debug)]
 struct Entry {
@@ -16,7 +16,7 @@ struct Entry {
     run_at: SystemTime,
     attempts: u32,
     leased_until: Option<SystemTime>,
-    action: Option<Action>,
+    outcome: Option<Outcome>,
 }
 
 /// A queue held in a `Mutex<HashMap>`.
@@ -32,12 +32,12 @@ impl MemoryQueue {
         Self::default()
     }
 
-    /// The state and last action of a job.
-    pub fn state_of(&self, id: &str) -> Option<(&'static str, u32, Option<Action>)> {
+    /// The state and last outcome of a job.
+    pub fn state_of(&self, id: &str) -> Option<(&'static str, u32, Option<Outcome>)> {
         let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         entries
             .get(id)
-            .map(|e| (e.state, e.attempts, e.action.clone()))
+            .map(|e| (e.state, e.attempts, e.outcome.clone()))
     }
 
     /// How many jobs are in `state`.
@@ -61,7 +61,7 @@ impl MemoryQueue {
             run_at,
             attempts: 0,
             leased_until: None,
-            action: None,
+            outcome: None,
         };
         self.entries
             .lock()
@@ -74,6 +74,8 @@ impl MemoryQueue {
         Enqueued::Created(id)
     }
 }
+
+impl super::ReleaseUncounted for MemoryQueue {}
 
 impl Queue for MemoryQueue {
     async fn receive(&self, max: usize, lease: Duration) -> Result<Vec<Delivered>, QueueError> {
@@ -117,23 +119,24 @@ impl Queue for MemoryQueue {
         let mut children = Vec::new();
         {
             let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-            for Settlement { delivered, action } in batch {
-                let Some(entry) = entries.get_mut(&delivered.id) else {
+            for settlement in batch {
+                let retry_at = settlement.retry_at();
+                let Some(entry) = entries.get_mut(&settlement.delivered.id) else {
                     continue;
                 };
                 entry.leased_until = None;
-                match &action {
-                    Action::Done { children: c, .. } => {
+                match &settlement.outcome {
+                    Outcome::Done { .. } => {
                         entry.state = "done";
-                        children.extend(c.iter().cloned());
+                        children.extend(settlement.children);
                     }
-                    Action::Retry { at, .. } => {
+                    Outcome::Retry { .. } => {
                         entry.state = "queued";
-                        entry.run_at = *at;
+                        entry.run_at = retry_at.unwrap_or(settlement.at);
                     }
-                    Action::DeadLetter { .. } => entry.state = "dead",
+                    Outcome::DeadLetter { .. } => entry.state = "dead",
                 }
-                entry.action = Some(action);
+                entry.outcome = Some(settlement.outcome);
             }
         }
         for child in children {

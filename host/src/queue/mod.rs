@@ -1,22 +1,27 @@
-//! Queue backends behind one trait. The runner (`crate::runner`) is written once over
+//! Queue backends behind one core trait, [`Queue`], with optional abilities
+//! ([`Inspect`], [`Administer`], [`Ticks`], [`ReleaseUncounted`]) each backend implements
+//! only where it can. The runner (`crate::run::poller`) is written once over
 //! [`Queue`] and turns each outcome into a [`Settlement`].
 //!
 //! Backends: [`sqlite::SqliteQueue`] (embedded, durable, the default),
 //! [`sqs::SqsQueue`] (AWS SQS, standard or FIFO) and [`memory::MemoryQueue`] (unit tests
 //! only). Main types: [`Queue`], [`NewJob`],
-//! [`Delivered`], [`Action`], [`Settlement`].
+//! [`Delivered`], [`Settlement`].
 
+mod ability;
 pub mod memory;
 pub mod sqlite;
 pub mod sqs;
+
+pub use ability::*;
 
 use std::future::Future;
 use std::time::{Duration, SystemTime};
 
 use serde_json::Value;
 
-use crate::envelope::Envelope;
-use crate::outcome::{Outcome, Progress, Reason, Report};
+use crate::job::Envelope;
+use crate::job::{EnqueuedJob, Outcome, Progress, Report};
 
 /// A job to enqueue.
 #[derive(Clone, Debug, PartialEq)]
@@ -54,6 +59,22 @@ impl NewJob {
             unique_key: None,
             max_attempts: None,
             parent_id: None,
+            group: None,
+        }
+    }
+
+    /// A follow-up job a handler enqueued, to be committed when its parent `parent_id`
+    /// completes at `at` (its delay counts from then).
+    pub fn follow_up(child: EnqueuedJob, parent_id: &str, at: SystemTime) -> Self {
+        Self {
+            payload: child.payload_value(),
+            id: Some(child.id),
+            name: child.job,
+            run_at: child.delay_ms.map(|ms| at + Duration::from_millis(ms)),
+            priority: child.priority.unwrap_or(0),
+            unique_key: child.unique_key,
+            max_attempts: None,
+            parent_id: Some(parent_id.to_string()),
             group: None,
         }
     }
@@ -102,83 +123,60 @@ pub struct Delivered {
     pub group: Option<String>,
 }
 
-/// The queue action for one delivery.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Action {
-    /// Complete it, keep its output, and commit its follow-up jobs in the same step.
-    Done {
-        /// The output.
-        output: Option<String>,
-        /// The last progress report.
-        progress: Option<Progress>,
-        /// Follow-up jobs.
-        children: Vec<NewJob>,
-    },
-    /// Make it visible again at `at`.
-    Retry {
-        /// When.
-        at: SystemTime,
-        /// Why.
-        reason: Reason,
-        /// The error message.
-        message: String,
-    },
-    /// Move it to the dead-letter queue.
-    DeadLetter {
-        /// Why.
-        reason: Reason,
-        /// The error message.
-        message: String,
-    },
-}
-
-impl Action {
-    /// The queue action for a dispatch report, at time `now`.
-    pub fn from_report(report: &Report, now: SystemTime) -> Self {
-        match &report.outcome {
-            Outcome::Done { output } => Action::Done {
-                output: output.clone(),
-                progress: report.progress.last().cloned(),
-                children: report
-                    .enqueued
-                    .iter()
-                    .map(|child| NewJob {
-                        id: Some(child.id.clone()),
-                        name: child.job.clone(),
-                        payload: child.payload_value(),
-                        run_at: child.delay_ms.map(|ms| now + Duration::from_millis(ms)),
-                        priority: child.priority.unwrap_or(0),
-                        unique_key: child.unique_key.clone(),
-                        max_attempts: None,
-                        parent_id: Some(report.job_id.clone()),
-                        group: None,
-                    })
-                    .collect(),
-            },
-            Outcome::Retry {
-                reason,
-                message,
-                delay,
-            } => Action::Retry {
-                at: now + *delay,
-                reason: *reason,
-                message: message.clone(),
-            },
-            Outcome::DeadLetter { reason, message } => Action::DeadLetter {
-                reason: *reason,
-                message: message.clone(),
-            },
-        }
-    }
-}
-
-/// A delivery and what to do with it.
+/// A delivery and what to do with it: its [`Outcome`], and what a done job leaves behind.
 #[derive(Clone, Debug)]
 pub struct Settlement {
     /// The delivery.
     pub delivered: Delivered,
-    /// The action.
-    pub action: Action,
+    /// What happens to it.
+    pub outcome: Outcome,
+    /// When the outcome was decided: a retry's delay and follow-up jobs' delays count from
+    /// here.
+    pub at: SystemTime,
+    /// The last progress report, kept with a done job.
+    pub progress: Option<Progress>,
+    /// Follow-up jobs, committed only with a done job.
+    pub children: Vec<NewJob>,
+}
+
+impl Settlement {
+    /// A settlement with no progress and no follow-up jobs.
+    pub fn new(delivered: Delivered, outcome: Outcome, at: SystemTime) -> Self {
+        Self {
+            delivered,
+            outcome,
+            at,
+            progress: None,
+            children: Vec::new(),
+        }
+    }
+
+    /// The settlement of a dispatch report, decided at `at`.
+    pub fn of_report(delivered: Delivered, report: Report, at: SystemTime) -> Self {
+        let children = match report.outcome {
+            Outcome::Done { .. } => report
+                .enqueued
+                .into_iter()
+                .map(|child| NewJob::follow_up(child, &report.job_id, at))
+                .collect(),
+            _ => Vec::new(),
+        };
+        Self {
+            delivered,
+            outcome: report.outcome,
+            at,
+            progress: report.progress.last().cloned(),
+            children,
+        }
+    }
+
+    /// When a retry becomes due (none for done and dead-letter).
+    pub fn retry_at(&self) -> Option<SystemTime> {
+        match &self.outcome {
+            Outcome::Retry { delay, .. } => Some(self.at + *delay),
+            _ => None,
+        }
+    }
 }
 
 /// A host-side queue fault (disk, network): nothing was acknowledged.
@@ -206,8 +204,9 @@ pub trait Queue: Send + Sync + 'static {
     fn settle(&self, batch: Vec<Settlement>)
     -> impl Future<Output = Result<(), QueueError>> + Send;
 
-    /// Gives received-but-unstarted deliveries back, visible at once and with their
-    /// attempt uncounted.
+    /// Gives received-but-unstarted deliveries back, visible at once. Whether the attempt
+    /// counts depends on the backend: those that implement [`ReleaseUncounted`] do not
+    /// count it.
     fn release(
         &self,
         deliveries: Vec<Delivered>,

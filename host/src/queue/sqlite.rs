@@ -11,12 +11,14 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension as _, Transaction, params};
-use serde::Serialize;
 use serde_json::Value;
 
-use super::{Action, Delivered, Enqueued, Message, NewJob, Queue, QueueError, Settlement};
+use super::{
+    Administer, CancelResult, Delivered, Enqueued, Inspect, JobFilter, JobRecord, Message, NewJob,
+    Queue, QueueError, Redrive, ReleaseUncounted, Settlement, Stats, Ticks,
+};
 use crate::clock::{Clock, SystemClock, to_ms};
-use crate::envelope::Envelope;
+use crate::job::{Envelope, Outcome};
 
 /// The schema version this build writes; older files are migrated, newer ones refused.
 pub const SCHEMA_VERSION: i64 = 1;
@@ -78,73 +80,6 @@ impl Default for Retention {
             max_age: Duration::from_secs(7 * 24 * 3600),
         }
     }
-}
-
-/// A job as stored, for `jobs show` and the HTTP API.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct JobRecord {
-    /// Id.
-    pub id: String,
-    /// Job name.
-    pub name: String,
-    /// Payload.
-    pub payload: Value,
-    /// The raw body of a job enqueued as a message body (lossy UTF-8), kept when it is
-    /// dead-lettered.
-    pub body: Option<String>,
-    /// `queued`, `running`, `done`, `dead` or `cancelled`.
-    pub state: String,
-    /// Priority.
-    pub priority: i64,
-    /// When it is (or was) due, ms since the Unix epoch.
-    pub run_at: i64,
-    /// Deliveries so far.
-    pub attempts: i64,
-    /// Max attempts override.
-    pub max_attempts: Option<i64>,
-    /// The worker holding the lease.
-    pub lease_owner: Option<String>,
-    /// Lease expiry.
-    pub lease_until: Option<i64>,
-    /// Unique key.
-    pub unique_key: Option<String>,
-    /// The last error message (kept on a job that later succeeded, to show why it was
-    /// retried).
-    pub last_error: Option<String>,
-    /// The last failure's reason.
-    pub reason: Option<String>,
-    /// Output (JSON text by convention).
-    pub output: Option<String>,
-    /// The last progress report.
-    pub progress: Option<Value>,
-    /// The job that enqueued this one.
-    pub parent_id: Option<String>,
-    /// Created, ms since the Unix epoch.
-    pub created_at: i64,
-    /// Last changed.
-    pub updated_at: i64,
-    /// Done or dead at.
-    pub finished_at: Option<i64>,
-}
-
-/// Counts for `jobhost stats`.
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
-pub struct Stats {
-    /// `(name, state, count)` rows.
-    pub counts: Vec<(String, String, u64)>,
-    /// Age of the oldest due queued job, in milliseconds.
-    pub oldest_queued_age_ms: Option<i64>,
-}
-
-/// What `cancel` did.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum CancelResult {
-    /// Cancelled.
-    Cancelled,
-    /// No such job.
-    NotFound,
-    /// The job is not queued; its state.
-    NotQueued(String),
 }
 
 /// The embedded queue.
@@ -607,9 +542,9 @@ fn settle_one(
     now: i64,
 ) -> Result<(), QueueError> {
     let id = &settlement.delivered.id;
-    let changed = match &settlement.action {
-        Action::Done { output, progress, .. } => {
-            let progress = progress.as_ref().map(|p| serde_json::to_string(p).unwrap_or_default());
+    let changed = match &settlement.outcome {
+        Outcome::Done { output } => {
+            let progress = settlement.progress.as_ref().map(|p| serde_json::to_string(p).unwrap_or_default());
             tx.prepare_cached(
                 "UPDATE jobs SET state = 'done', output = ?1, progress = ?2, finished_at = ?3, updated_at = ?3,
                      lease_owner = NULL, lease_until = NULL, reason = NULL
@@ -617,14 +552,16 @@ fn settle_one(
             )?
             .execute(params![output, progress, now, id, owner])?
         }
-        Action::Retry { at, reason, message } => tx
+        Outcome::Retry {
+            reason, message, ..
+        } => tx
             .prepare_cached(
                 "UPDATE jobs SET state = 'queued', run_at = ?1, reason = ?2, last_error = ?3, updated_at = ?4,
                      lease_owner = NULL, lease_until = NULL, attempts = MAX(attempts - ?7, 0)
                  WHERE id = ?5 AND state = 'running' AND lease_owner = ?6",
             )?
             .execute(params![
-                to_ms(*at),
+                to_ms(settlement.retry_at().unwrap_or(settlement.at)),
                 reason.as_str(),
                 message,
                 now,
@@ -632,7 +569,7 @@ fn settle_one(
                 owner,
                 i64::from(!reason.counts_attempt())
             ])?,
-        Action::DeadLetter { reason, message } => tx
+        Outcome::DeadLetter { reason, message } => tx
             .prepare_cached(
                 "UPDATE jobs SET state = 'dead', reason = ?1, last_error = ?2, finished_at = ?3, updated_at = ?3,
                      lease_owner = NULL, lease_until = NULL
@@ -645,8 +582,8 @@ fn settle_one(
         tracing::warn!(job.id = %id, "lease lost before the result was recorded; dropping this result");
         return Ok(());
     }
-    if let Action::Done { children, .. } = &settlement.action {
-        for child in children {
+    if settlement.outcome.is_done() {
+        for child in &settlement.children {
             insert_job(tx, child, now)?;
         }
     }
@@ -746,6 +683,64 @@ impl Queue for SqliteQueue {
     async fn is_idle(&self) -> Result<bool, QueueError> {
         let queue = self.clone();
         blocking(move || queue.idle_now()).await
+    }
+}
+
+impl ReleaseUncounted for SqliteQueue {}
+
+impl Inspect for SqliteQueue {
+    async fn job(&self, id: &str) -> Result<Option<JobRecord>, QueueError> {
+        let (queue, id) = (self.clone(), id.to_string());
+        blocking(move || queue.get(&id)).await
+    }
+
+    async fn jobs(&self, filter: JobFilter) -> Result<Vec<JobRecord>, QueueError> {
+        let queue = self.clone();
+        blocking(move || {
+            queue.list(
+                filter.state.as_deref(),
+                filter.name.as_deref(),
+                filter.limit,
+            )
+        })
+        .await
+    }
+
+    async fn stats(&self) -> Result<Stats, QueueError> {
+        let queue = self.clone();
+        blocking(move || queue.stats()).await
+    }
+}
+
+impl Administer for SqliteQueue {
+    async fn cancel(&self, id: &str) -> Result<CancelResult, QueueError> {
+        let (queue, id) = (self.clone(), id.to_string());
+        blocking(move || queue.cancel(&id)).await
+    }
+
+    async fn redrive(&self, which: Redrive) -> Result<u64, QueueError> {
+        let queue = self.clone();
+        blocking(move || match which {
+            Redrive::One(id) => queue.redrive(Some(&id)),
+            Redrive::All => queue.redrive(None),
+        })
+        .await
+    }
+
+    async fn purge_dead(&self) -> Result<u64, QueueError> {
+        let queue = self.clone();
+        blocking(move || queue.purge_dead()).await
+    }
+}
+
+impl Ticks for SqliteQueue {
+    async fn enqueue_tick(
+        &self,
+        tick_key: &str,
+        job: NewJob,
+    ) -> Result<Option<Enqueued>, QueueError> {
+        let (queue, key) = (self.clone(), tick_key.to_string());
+        blocking(move || queue.enqueue_tick(&key, &job)).await
     }
 }
 

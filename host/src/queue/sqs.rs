@@ -8,7 +8,8 @@
 //! - Attempts: `ApproximateReceiveCount` (at least the real count), less the early receives
 //!   of a delayed job (see below).
 //! - Done: follow-up jobs are sent, then the message is deleted (`DeleteMessageBatch`).
-//! - Retry: `ChangeMessageVisibility` to the backoff, capped at 12 h since the receive.
+//! - Retry: `ChangeMessageVisibility` to the backoff, at most [`MAX_HOP`] a hop and 12 h
+//!   since the receive.
 //! - Dead letter: the body is sent to the dead-letter queue with the reason as message
 //!   attributes (`jobhost.reason`, `jobhost.error`, `jobhost.attempts`,
 //!   `jobhost.source-message-id`), then deleted; it never burns the remaining receives.
@@ -33,9 +34,9 @@ use aws_sdk_sqs::types::{
 };
 use serde_json::Value;
 
-use super::{Action, Delivered, Enqueued, Message, NewJob, Queue, QueueError, Settlement};
+use super::{Delivered, Enqueued, Message, NewJob, Queue, QueueError, Settlement};
 use crate::clock::Clock;
-use crate::outcome::Reason;
+use crate::job::{Outcome, Reason};
 
 /// SQS's longest visibility timeout (12 hours, counted from the receive).
 pub const MAX_VISIBILITY: Duration = Duration::from_secs(12 * 3600);
@@ -66,7 +67,7 @@ pub struct SqsOptions {
 }
 
 impl SqsOptions {
-    /// Defaults for a queue URL: 20 s long polling, 4 receive loops, 12 h hops.
+    /// Defaults for a queue URL: 20 s long polling, 4 receive loops, hops of [`MAX_HOP`].
     pub fn new(queue_url: impl Into<String>) -> Self {
         Self {
             queue_url: queue_url.into(),
@@ -75,6 +76,25 @@ impl SqsOptions {
             receive_loops: 4,
             max_hide: MAX_HOP,
         }
+    }
+}
+
+impl SqsOptions {
+    /// Refuses values SQS does not allow (nothing is clamped silently).
+    pub fn check(&self) -> Result<(), QueueError> {
+        if self.wait > Duration::from_secs(20) {
+            return Err(QueueError(format!(
+                "a long-polling wait of {:?} is over SQS's 20 s",
+                self.wait
+            )));
+        }
+        if self.max_hide < Duration::from_secs(1) || self.max_hide > MAX_HOP {
+            return Err(QueueError(format!(
+                "a hop of {:?} is outside 1 s to {:?}",
+                self.max_hide, MAX_HOP
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -212,6 +232,7 @@ impl SqsQueue {
         clock: Arc<dyn Clock>,
         consumer: bool,
     ) -> Result<Self, QueueError> {
+        options.check()?;
         let attrs = attributes(&client, &options.queue_url).await?;
         let visibility = attrs
             .get("VisibilityTimeout")
@@ -268,10 +289,6 @@ impl SqsQueue {
         &self.client
     }
 
-    fn now_ms(&self) -> u64 {
-        millis(self.clock.now())
-    }
-
     /// One `ReceiveMessage` long poll.
     async fn long_poll(&self, max: usize, lease: Duration) -> Result<Vec<Delivered>, QueueError> {
         let out = self
@@ -279,7 +296,7 @@ impl SqsQueue {
             .receive_message()
             .queue_url(&self.options.queue_url)
             .max_number_of_messages(max.clamp(1, BATCH) as i32)
-            .wait_time_seconds(self.options.wait.as_secs().min(20) as i32)
+            .wait_time_seconds(self.options.wait.as_secs() as i32)
             .visibility_timeout(secs(lease))
             .message_system_attribute_names(MessageSystemAttributeName::All)
             .message_attribute_names("All")
@@ -287,70 +304,76 @@ impl SqsQueue {
             .await
             .map_err(|e| sdk_error("ReceiveMessage", e))?;
         let received_at = Instant::now();
-        let mut delivered = Vec::new();
-        let mut early = Vec::new();
-        let mut held = Vec::new();
-        // FIFO groups with an early (hidden) message: the rest of the group waits for it.
-        let mut blocked: Vec<String> = Vec::new();
-        let max_hide = self.options.max_hide.min(MAX_HOP);
-        for message in out.messages.unwrap_or_default() {
-            let (Some(receipt), Some(id)) = (message.receipt_handle, message.message_id) else {
-                continue;
-            };
-            let attrs = message.attributes.unwrap_or_default();
-            let attr = |name: MessageSystemAttributeName| {
-                attrs.get(&name).and_then(|v| v.parse::<u64>().ok())
-            };
-            let receives = attr(MessageSystemAttributeName::ApproximateReceiveCount).unwrap_or(1);
-            let first_receive = attr(MessageSystemAttributeName::ApproximateFirstReceiveTimestamp);
-            let group = attrs
-                .get(&MessageSystemAttributeName::MessageGroupId)
-                .cloned();
-            let body = message.body.unwrap_or_default().into_bytes();
-            let not_before = not_before_of(&body);
-            let now = self.now_ms();
-            if let Some(due) = not_before.filter(|due| *due > now) {
-                // Early: hide it until it is due (at most one hop), without running it.
-                let hide = Duration::from_millis(due - now).min(max_hide);
-                early.push((receipt, hide));
-                blocked.extend(group);
-                continue;
+        let records = out
+            .messages
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|message| {
+                let attrs = message.attributes.unwrap_or_default();
+                let attr = |name: MessageSystemAttributeName| {
+                    attrs.get(&name).and_then(|v| v.parse::<u64>().ok())
+                };
+                Some(SqsRecord {
+                    id: message.message_id?,
+                    receipt: message.receipt_handle?,
+                    receives: attr(MessageSystemAttributeName::ApproximateReceiveCount)
+                        .unwrap_or(1),
+                    first_receive_ms: attr(
+                        MessageSystemAttributeName::ApproximateFirstReceiveTimestamp,
+                    ),
+                    group: attrs
+                        .get(&MessageSystemAttributeName::MessageGroupId)
+                        .cloned(),
+                    body: message.body.unwrap_or_default().into_bytes(),
+                })
+            })
+            .collect();
+        let sorted = sort_records(records, self.clock.now(), self.max_hide());
+        {
+            let mut received = self.received.lock().unwrap_or_else(|e| e.into_inner());
+            for delivered in &sorted.run {
+                received.insert(delivered.receipt.clone(), received_at);
             }
-            if group.as_ref().is_some_and(|g| blocked.contains(g)) {
-                held.push((receipt, Duration::ZERO));
-                continue;
-            }
-            let hops = early_receives(not_before, first_receive, max_hide);
-            let attempt = receives.saturating_sub(hops).max(1);
-            self.received
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(receipt.clone(), received_at);
-            delivered.push(Delivered {
-                id,
-                receipt,
-                attempt: u32::try_from(attempt).unwrap_or(u32::MAX),
-                message: Message::Raw(body),
-                group,
-            });
         }
-        if !early.is_empty() {
+        if !sorted.early.is_empty() {
             tracing::debug!(
-                count = early.len(),
+                count = sorted.early.len(),
                 "hiding delayed jobs received before their time"
             );
-            self.change_visibility(&self.options.queue_url, early).await;
+            self.hide(sorted.early).await;
         }
-        if !held.is_empty() {
+        if !sorted.held.is_empty() {
             // Visible again at once; SQS holds them back while their group's head is hidden.
-            self.change_visibility(&self.options.queue_url, held).await;
+            self.hide(
+                sorted
+                    .held
+                    .into_iter()
+                    .map(|d| (d, Duration::ZERO))
+                    .collect(),
+            )
+            .await;
         }
-        Ok(delivered)
+        Ok(sorted.run)
+    }
+
+    /// The longest one hop hides a message (checked to be at most [`MAX_HOP`]).
+    fn max_hide(&self) -> Duration {
+        self.options.max_hide
+    }
+
+    /// Hides each delivery for its duration (zero: visible again at once).
+    pub async fn hide(&self, entries: Vec<(Delivered, Duration)>) {
+        let entries = entries
+            .into_iter()
+            .map(|(d, wait)| (d.receipt, wait))
+            .collect();
+        self.change_visibility(&self.options.queue_url, entries)
+            .await;
     }
 
     /// `ChangeMessageVisibilityBatch` for `(receipt, timeout)` pairs; entries that fail
     /// (a receipt no longer valid: the message was deleted or received again) are logged.
-    pub(crate) async fn change_visibility(&self, url: &str, entries: Vec<(String, Duration)>) {
+    async fn change_visibility(&self, url: &str, entries: Vec<(String, Duration)>) {
         for chunk in entries.chunks(BATCH) {
             let batch: Vec<_> = chunk
                 .iter()
@@ -517,8 +540,98 @@ impl SqsQueue {
             .min(MAX_VISIBILITY.saturating_sub(since + Duration::from_secs(60)))
     }
 
+    /// Applies settlements: follow-up jobs of the whole batch are sent first (10 to a
+    /// call), then retries are hidden for their backoff, dead letters moved to the
+    /// dead-letter queue, and done deliveries acknowledged as `acknowledge` says. Returns
+    /// the receipts still in the queue that were meant to leave it: done ones whose
+    /// follow-up jobs were not sent, and dead letters that were not moved. They come back.
+    pub async fn apply(&self, batch: Vec<Settlement>, acknowledge: Acknowledge) -> Vec<String> {
+        let now = self.clock.now();
+        let receipts: Vec<String> = batch.iter().map(|s| s.delivered.receipt.clone()).collect();
+        let mut done = Vec::new();
+        let mut retry = Vec::new();
+        let mut dead = Vec::new();
+        let mut children = Vec::new();
+        for settlement in batch {
+            let retry_at = settlement.retry_at();
+            let Settlement {
+                delivered,
+                outcome,
+                children: jobs,
+                ..
+            } = settlement;
+            match outcome {
+                Outcome::Done { .. } => {
+                    children.extend(jobs.into_iter().map(|job| (delivered.receipt.clone(), job)));
+                    done.push(delivered.receipt);
+                }
+                Outcome::Retry { .. } => {
+                    let wait = retry_at
+                        .and_then(|at| at.duration_since(now).ok())
+                        .unwrap_or_default();
+                    let cap = self.visibility_cap(&delivered.receipt);
+                    retry.push((delivered.receipt, wait.min(cap)));
+                }
+                Outcome::DeadLetter { reason, message } => dead.push((delivered, reason, message)),
+            }
+        }
+        let mut kept = Vec::new();
+        // Follow-up jobs first: a parent whose children could not be sent is not
+        // acknowledged, so it runs again rather than losing them.
+        if !children.is_empty() {
+            let entries: Vec<_> = children
+                .iter()
+                .filter_map(|(_, job)| self.entry_for(job, now).ok().map(|(_, entry)| entry))
+                .collect();
+            let sent = if entries.len() == children.len() {
+                self.send(&self.options.queue_url, entries)
+                    .await
+                    .unwrap_or_default()
+            } else {
+                Vec::new()
+            };
+            for (index, (parent, _)) in children.iter().enumerate() {
+                if sent.binary_search(&index).is_err() && !kept.contains(parent) {
+                    kept.push(parent.clone());
+                }
+            }
+            if !kept.is_empty() {
+                tracing::error!(
+                    parents = kept.len(),
+                    "follow-up jobs not sent; their parents are kept and will run again"
+                );
+                done.retain(|receipt| !kept.contains(receipt));
+            }
+        }
+        let dead_receipts: Vec<String> = dead.iter().map(|(d, _, _)| d.receipt.clone()).collect();
+        let moved = self.dead_letter(dead).await;
+        kept.extend(dead_receipts.into_iter().filter(|r| !moved.contains(r)));
+        if !retry.is_empty() {
+            self.forget(retry.iter().map(|(receipt, _)| receipt));
+            self.change_visibility(&self.options.queue_url, retry).await;
+        }
+        match acknowledge {
+            Acknowledge::Delete => {
+                done.extend(moved);
+                self.delete(done).await;
+            }
+            // Lambda deletes every record the batch response does not list.
+            Acknowledge::ByLambda => {}
+        }
+        self.forget(receipts.iter());
+        kept
+    }
+
+    /// Forgets when these receipts were received.
+    fn forget<'a>(&self, receipts: impl Iterator<Item = &'a String>) {
+        let mut received = self.received.lock().unwrap_or_else(|e| e.into_inner());
+        for receipt in receipts {
+            received.remove(receipt);
+        }
+    }
+
     /// Sends each delivery to the dead-letter queue; returns the receipts that were moved.
-    pub(crate) async fn dead_letter(&self, items: Vec<(Delivered, Reason, String)>) -> Vec<String> {
+    async fn dead_letter(&self, items: Vec<(Delivered, Reason, String)>) -> Vec<String> {
         if items.is_empty() {
             return Vec::new();
         }
@@ -672,11 +785,7 @@ pub fn not_before_of(body: &[u8]) -> Option<u64> {
 /// How many of a delayed job's receives were early hops (hidden, not run): one per
 /// `max_hide` from its first receive to its `notBefore`, rounded up. Exact while a receiver
 /// is running; when none was, fewer hops happened and the attempt can come out lower.
-pub(crate) fn early_receives(
-    not_before: Option<u64>,
-    first_receive: Option<u64>,
-    max_hide: Duration,
-) -> u64 {
+fn early_receives(not_before: Option<u64>, first_receive: Option<u64>, max_hide: Duration) -> u64 {
     match (not_before, first_receive) {
         (Some(due), Some(first)) if due > first => {
             let hop = max_hide.as_millis().max(1) as u64;
@@ -684,6 +793,79 @@ pub(crate) fn early_receives(
         }
         _ => 0,
     }
+}
+
+/// One message as SQS hands it over, from a `ReceiveMessage` call or in a Lambda SQS event.
+#[derive(Clone, Debug)]
+pub struct SqsRecord {
+    /// The message id.
+    pub id: String,
+    /// The receipt handle.
+    pub receipt: String,
+    /// The body.
+    pub body: Vec<u8>,
+    /// `ApproximateReceiveCount` (1 when missing).
+    pub receives: u64,
+    /// `ApproximateFirstReceiveTimestamp`, in ms since the epoch.
+    pub first_receive_ms: Option<u64>,
+    /// `MessageGroupId` (FIFO queues).
+    pub group: Option<String>,
+}
+
+/// Received records sorted by what to do with them now.
+#[derive(Debug, Default)]
+pub struct Sorted {
+    /// Due: run them.
+    pub run: Vec<Delivered>,
+    /// Received before their `notBefore`: hide each this long without running it.
+    pub early: Vec<(Delivered, Duration)>,
+    /// Behind an early record of their FIFO group: give them back unstarted.
+    pub held: Vec<Delivered>,
+}
+
+/// Sorts received records, at time `now`: a record before its `notBefore` is early (hidden
+/// until then, at most `max_hide` a hop) and holds back the rest of its FIFO group; every
+/// other record runs, as attempt = receives less the early hops.
+pub fn sort_records(records: Vec<SqsRecord>, now: SystemTime, max_hide: Duration) -> Sorted {
+    let now = millis(now);
+    let mut sorted = Sorted::default();
+    // FIFO groups with an early (hidden) message: the rest of the group waits for it.
+    let mut blocked: Vec<String> = Vec::new();
+    for record in records {
+        let not_before = not_before_of(&record.body);
+        let hops = early_receives(not_before, record.first_receive_ms, max_hide);
+        let attempt = record.receives.saturating_sub(hops).max(1);
+        let delivered = Delivered {
+            id: record.id,
+            receipt: record.receipt,
+            attempt: u32::try_from(attempt).unwrap_or(u32::MAX),
+            message: Message::Raw(record.body),
+            group: record.group,
+        };
+        if let Some(due) = not_before.filter(|due| *due > now) {
+            blocked.extend(delivered.group.clone());
+            let hide = Duration::from_millis(due - now).min(max_hide);
+            sorted.early.push((delivered, hide));
+        } else if delivered
+            .group
+            .as_ref()
+            .is_some_and(|g| blocked.contains(g))
+        {
+            sorted.held.push(delivered);
+        } else {
+            sorted.run.push(delivered);
+        }
+    }
+    sorted
+}
+
+/// How [`SqsQueue::apply`] acknowledges done deliveries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Acknowledge {
+    /// Delete them (`DeleteMessageBatch`): the poller.
+    Delete,
+    /// Leave them: Lambda deletes every record its batch response does not list.
+    ByLambda,
 }
 
 impl Queue for SqsQueue {
@@ -694,84 +876,25 @@ impl Queue for SqsQueue {
     }
 
     async fn settle(&self, batch: Vec<Settlement>) -> Result<(), QueueError> {
-        let now = self.clock.now();
-        let receipts: Vec<String> = batch.iter().map(|s| s.delivered.receipt.clone()).collect();
-        let mut delete = Vec::new();
-        let mut retry = Vec::new();
-        let mut dead = Vec::new();
-        let mut children = Vec::new();
-        for Settlement { delivered, action } in batch {
-            match action {
-                Action::Done { children: jobs, .. } => {
-                    children.extend(jobs.into_iter().map(|job| (delivered.receipt.clone(), job)));
-                    delete.push(delivered.receipt);
-                }
-                Action::Retry { at, .. } => {
-                    let wait = at.duration_since(now).unwrap_or_default();
-                    let cap = self.visibility_cap(&delivered.receipt);
-                    retry.push((delivered.receipt, wait.min(cap)));
-                }
-                Action::DeadLetter { reason, message } => dead.push((delivered, reason, message)),
-            }
-        }
-        // Follow-up jobs first: a parent whose children could not be sent is not deleted,
-        // so it runs again rather than losing them.
-        if !children.is_empty() {
-            let entries = children
-                .iter()
-                .map(|(_, job)| self.entry_for(job, now).map(|(_, entry)| entry))
-                .collect::<Result<Vec<_>, _>>()?;
-            let sent = self
-                .send(&self.options.queue_url, entries)
-                .await
-                .unwrap_or_default();
-            let mut unsent: Vec<&String> = Vec::new();
-            for (index, (parent, _)) in children.iter().enumerate() {
-                if sent.binary_search(&index).is_err() && !unsent.contains(&parent) {
-                    unsent.push(parent);
-                }
-            }
-            if !unsent.is_empty() {
-                tracing::error!(
-                    parents = unsent.len(),
-                    "follow-up jobs not sent; their parents are kept and will run again"
-                );
-                delete.retain(|receipt| !unsent.contains(&receipt));
-            }
-        }
-        let moved = self.dead_letter(dead).await;
-        delete.extend(moved);
-        if !retry.is_empty() {
-            let url = self.options.queue_url.clone();
-            {
-                let mut received = self.received.lock().unwrap_or_else(|e| e.into_inner());
-                for (receipt, _) in &retry {
-                    received.remove(receipt);
-                }
-            }
-            self.change_visibility(&url, retry).await;
-        }
-        self.delete(delete).await;
-        let mut received = self.received.lock().unwrap_or_else(|e| e.into_inner());
-        for receipt in &receipts {
-            received.remove(receipt);
+        let kept = self.apply(batch, Acknowledge::Delete).await;
+        if !kept.is_empty() {
+            tracing::warn!(
+                count = kept.len(),
+                "some results were not recorded; those jobs will be delivered again"
+            );
         }
         Ok(())
     }
 
     async fn release(&self, deliveries: Vec<Delivered>) -> Result<(), QueueError> {
-        {
-            let mut received = self.received.lock().unwrap_or_else(|e| e.into_inner());
-            for d in &deliveries {
-                received.remove(&d.receipt);
-            }
-        }
-        let entries = deliveries
-            .into_iter()
-            .map(|d| (d.receipt, Duration::ZERO))
-            .collect();
-        self.change_visibility(&self.options.queue_url.clone(), entries)
-            .await;
+        self.forget(deliveries.iter().map(|d| &d.receipt));
+        self.hide(
+            deliveries
+                .into_iter()
+                .map(|d| (d, Duration::ZERO))
+                .collect(),
+        )
+        .await;
         Ok(())
     }
 
@@ -813,7 +936,7 @@ impl Queue for SqsQueue {
                 Some((d.receipt, lease.min(cap)))
             })
             .collect();
-        self.change_visibility(&self.options.queue_url.clone(), entries)
+        self.change_visibility(&self.options.queue_url, entries)
             .await;
         Ok(())
     }

@@ -4,61 +4,35 @@ use std::io::BufRead as _;
 use std::process::ExitCode;
 use std::time::Instant;
 
+use crate::cli::{DbArgs, DlqCommand, EnqueueArgs, JobsCommand, RunArgs};
 use anyhow::Context as _;
-use jobhost::HostConfig;
-use jobhost::cli::{DbArgs, DlqCommand, EnqueueArgs, JobsCommand, RunArgs};
-use jobhost::queue::Enqueued;
-use jobhost::queue::sqlite::{CancelResult, JobRecord, Retention, SqliteQueue};
-use jobhost::request::{JobRequest, RequestError};
-use jobhost::runner::Termination;
-use jobhost::serve::{ServeOptions, SqsServeOptions, serve, serve_sqs};
+use jobhost::config::HostConfig;
+use jobhost::job::{JobRequest, RequestError};
+use jobhost::queue::sqlite::SqliteQueue;
+use jobhost::queue::{
+    Administer, CancelResult, Inspect, JobFilter, JobRecord, QueueError, Redrive,
+};
+use jobhost::queue::{Enqueued, Queue};
+use jobhost::run::poller::Termination;
+use jobhost::run::serve::{EXIT_INTERRUPTED, ServeError, SqsRole, connect_sqs, serve};
 
 use crate::{EXIT_NOT_DONE, EXIT_USAGE};
 
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
-    let summary = match args.queue.sqs() {
-        Some(queue) => {
-            anyhow::ensure!(
-                args.http.is_none(),
-                "--http serves the embedded queue; on SQS, send messages to the queue"
-            );
-            serve_sqs(
-                &args.host.config(),
-                SqsServeOptions {
-                    queue,
-                    dlq_url: args.queue.dlq_url.clone(),
-                    wait: args.queue.sqs_wait,
-                    max_hide: args.queue.sqs_max_hide,
-                    concurrency: args.concurrency,
-                    drain: args.drain,
-                    grace: args.grace,
-                },
-            )?
+    let summary = match serve(&args.config()?) {
+        Ok(summary) => summary,
+        Err(ServeError::Interrupted) => {
+            eprintln!("error: {}", ServeError::Interrupted);
+            return Ok(ExitCode::from(EXIT_INTERRUPTED));
         }
-        None => run_sqlite(&args)?,
+        Err(error) => return Err(error.into()),
     };
     print_summary(&summary, started);
     Ok(ExitCode::SUCCESS)
 }
 
-fn run_sqlite(args: &RunArgs) -> anyhow::Result<jobhost::runner::RunSummary> {
-    let options = ServeOptions {
-        db: args.db.db.clone(),
-        concurrency: args.concurrency,
-        drain: args.drain,
-        http: args.http,
-        lease: args.lease,
-        grace: args.grace,
-        retention: Retention {
-            max_done: args.retain_done,
-            max_age: args.retain_done_for,
-        },
-    };
-    serve(&args.host.config(), options)
-}
-
-fn print_summary(summary: &jobhost::runner::RunSummary, started: Instant) {
+fn print_summary(summary: &jobhost::run::poller::RunSummary, started: Instant) {
     let (termination, released, unfinished) = match summary.termination {
         Termination::Drained => ("drained", 0, 0),
         Termination::Shutdown {
@@ -80,8 +54,18 @@ fn print_summary(summary: &jobhost::runner::RunSummary, started: Instant) {
     );
 }
 
+/// The embedded queue: the backend the `jobs`, `dlq` and `stats` commands reach through
+/// its [`Inspect`] and [`Administer`] abilities.
 fn open(db: &DbArgs) -> anyhow::Result<SqliteQueue> {
     Ok(SqliteQueue::open(&db.db)?)
+}
+
+/// Runs one queue call to its end.
+fn block_on<T>(call: impl Future<Output = Result<T, QueueError>>) -> anyhow::Result<T> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    Ok(runtime.block_on(call)?)
 }
 
 pub fn enqueue(args: EnqueueArgs) -> anyhow::Result<ExitCode> {
@@ -116,7 +100,7 @@ pub fn enqueue(args: EnqueueArgs) -> anyhow::Result<ExitCode> {
         return enqueue_sqs(&args, &queue, jobs);
     }
     let queue = open(&args.db)?;
-    for enqueued in queue.enqueue_now(&jobs)? {
+    for enqueued in block_on(Queue::enqueue(&queue, jobs))? {
         match enqueued {
             Enqueued::Created(id) => println!("{id}"),
             Enqueued::Duplicate(id) => {
@@ -138,15 +122,8 @@ fn enqueue_sqs(
         .enable_all()
         .build()?;
     let ids = runtime.block_on(async {
-        let queue = jobhost::serve::connect_sqs(
-            queue,
-            args.queue.dlq_url.clone(),
-            args.queue.sqs_wait,
-            args.queue.sqs_max_hide,
-            1,
-            false,
-        )
-        .await?;
+        let options = args.queue.sqs_options(queue.to_string());
+        let queue = connect_sqs(options, SqsRole::Producer).await?;
         anyhow::Ok(queue.enqueue(jobs).await?)
     })?;
     for id in ids {
@@ -158,7 +135,7 @@ fn enqueue_sqs(
 fn report_rejection(error: &RequestError, line: Option<usize>) {
     let at = line.map(|l| format!("line {l}: ")).unwrap_or_default();
     match error {
-        RequestError::Rejected(jobhost::Rejection::InvalidPayload(errors)) => {
+        RequestError::Rejected(jobhost::dispatch::Rejection::InvalidPayload(errors)) => {
             eprintln!("error: {at}payload fails the schema:");
             for e in errors {
                 eprintln!("  {e}");
@@ -217,11 +194,12 @@ pub fn jobs(command: JobsCommand) -> anyhow::Result<ExitCode> {
             limit,
             json,
         } => {
-            let records = open(&db)?.list(state.as_deref(), name.as_deref(), limit)?;
+            let filter = JobFilter { state, name, limit };
+            let records = block_on(Inspect::jobs(&open(&db)?, filter))?;
             print_records(&records, json);
             Ok(ExitCode::SUCCESS)
         }
-        JobsCommand::Show { db, id, json } => match open(&db)?.get(&id)? {
+        JobsCommand::Show { db, id, json } => match block_on(Inspect::job(&open(&db)?, &id))? {
             Some(record) if json => {
                 println!("{}", serde_json::to_string(&show_view(&record, false))?);
                 Ok(ExitCode::SUCCESS)
@@ -238,7 +216,7 @@ pub fn jobs(command: JobsCommand) -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::from(EXIT_NOT_DONE))
             }
         },
-        JobsCommand::Cancel { db, id } => match open(&db)?.cancel(&id)? {
+        JobsCommand::Cancel { db, id } => match block_on(Administer::cancel(&open(&db)?, &id))? {
             CancelResult::Cancelled => {
                 println!("cancelled {id}");
                 Ok(ExitCode::SUCCESS)
@@ -258,23 +236,35 @@ pub fn jobs(command: JobsCommand) -> anyhow::Result<ExitCode> {
 pub fn dlq(command: DlqCommand) -> anyhow::Result<ExitCode> {
     match command {
         DlqCommand::List { db, limit } => {
-            print_records(&open(&db)?.list(Some("dead"), None, limit)?, false);
+            let filter = JobFilter {
+                state: Some("dead".into()),
+                name: None,
+                limit,
+            };
+            print_records(&block_on(Inspect::jobs(&open(&db)?, filter))?, false);
         }
         DlqCommand::Redrive { db, id, all } => {
-            let id = if all { None } else { id };
-            let count = open(&db)?.redrive(id.as_deref())?;
+            let which = match id {
+                Some(id) if !all => Redrive::One(id),
+                _ => Redrive::All,
+            };
+            let one = matches!(which, Redrive::One(_));
+            let count = block_on(Administer::redrive(&open(&db)?, which))?;
             println!("redriven: {count}");
-            if count == 0 && id.is_some() {
+            if count == 0 && one {
                 return Ok(ExitCode::from(EXIT_NOT_DONE));
             }
         }
-        DlqCommand::Purge { db } => println!("purged: {}", open(&db)?.purge_dead()?),
+        DlqCommand::Purge { db } => {
+            let purged = block_on(Administer::purge_dead(&open(&db)?))?;
+            println!("purged: {purged}");
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
 
 pub fn stats(db: DbArgs) -> anyhow::Result<ExitCode> {
-    let stats = open(&db)?.stats()?;
+    let stats = block_on(Inspect::stats(&open(&db)?))?;
     for (name, state, count) in &stats.counts {
         println!("{name:<24} {state:<10} {count}");
     }

@@ -8,10 +8,10 @@ use std::time::{Duration, Instant, SystemTime};
 use wasmtime::Store;
 
 use crate::bindings::{HandlerInfo, Job, JobError, JobPluginPre};
-use crate::capture::{Capture, Captured};
 use crate::engine::{EPOCH_TICK_MS, JobEngine};
-use crate::limits::Limits;
-use crate::state::{JobState, ResolvedGrants};
+use crate::sandbox::Limits;
+use crate::sandbox::{Capture, Captured};
+use crate::sandbox::{JobState, ResolvedGrants, root_cause};
 
 /// What `handle` returned, or the trap that ended it.
 pub type CallResult = Result<Result<Option<String>, JobError>, wasmtime::Error>;
@@ -151,22 +151,4 @@ pub fn describe(
             .unwrap_or_default();
         format!("describe() failed: {}{last_log}", root_cause(&error))
     })
-}
-
-/// The root cause of a call's error, without the wasm backtrace wasmtime wraps it in.
-pub fn root_cause(error: &wasmtime::Error) -> String {
-    error
-        .chain()
-        .last()
-        .map_or_else(|| error.to_string(), ToString::to_string)
-}
-
-/// The error and its causes on one line.
-pub fn error_chain(error: &wasmtime::Error) -> String {
-    let mut text = error.to_string();
-    for cause in error.chain().skip(1) {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-    }
-    text
 }

@@ -8,10 +8,10 @@ use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
-use crate::outbound_http::{HttpGrant, HttpPolicy};
+use crate::sandbox::{HttpGrant, HttpPolicy};
 
-use crate::capture::Capture;
-use crate::limits::{Limits, MemoryLimiter};
+use crate::sandbox::Capture;
+use crate::sandbox::{Limits, MemoryLimiter};
 
 /// Per-job store data.
 pub struct JobState {

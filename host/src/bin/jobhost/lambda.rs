@@ -4,9 +4,14 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Instant;
 
-use jobhost::HostConfig;
-use jobhost::cli::LambdaArgs;
-use jobhost::lambda::{LambdaHost, lambda_engine_options, native_triple, plugins_dir};
+use jobhost::clock::{Clock, SystemClock};
+use jobhost::config::{HostConfig, default_concurrency};
+use jobhost::queue::sqs::{SqsOptions, SqsQueue, client_from_env};
+use jobhost::run::lambda::{
+    LambdaHost, LambdaOptions, lambda_engine_options, native_triple, plugins_dir,
+};
+
+use crate::cli::LambdaArgs;
 
 /// What the Lambda service sets for a function (the runtime client needs them all).
 const LAMBDA_ENV: [&str; 4] = [
@@ -18,7 +23,7 @@ const LAMBDA_ENV: [&str; 4] = [
 
 /// Loads the handlers; a folder that cannot be read, or one from which no handler loaded,
 /// fails the init.
-fn start(config: &HostConfig) -> anyhow::Result<jobhost::Dispatcher> {
+fn start(config: &HostConfig) -> anyhow::Result<jobhost::dispatch::Dispatcher> {
     let dispatcher = config.start()?;
     if dispatcher.plugins().plugins().is_empty() {
         let errors: Vec<String> = (dispatcher.plugins().errors().iter())
@@ -103,26 +108,44 @@ pub fn run(args: LambdaArgs) -> anyhow::Result<ExitCode> {
         .plugins()
         .plugins()
         .iter()
-        .filter(|p| p.artifact == jobhost::ArtifactSource::Cached)
+        .filter(|p| p.artifact == jobhost::plugin::ArtifactSource::Cached)
         .count();
-    let concurrency = args
-        .concurrency
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get() * 2));
+    let concurrency = args.concurrency.unwrap_or_else(default_concurrency);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let init = runtime.block_on(async {
+        let client = client_from_env().await;
+        // The queue for direct invocations' follow-up jobs is looked up once, here.
+        let children = match &args.sqs_url {
+            Some(url) => Some(Arc::new(
+                SqsQueue::producer(client.clone(), SqsOptions::new(url), clock.clone()).await?,
+            )),
+            None => None,
+        };
+        Ok::<_, jobhost::queue::QueueError>((client, children))
+    });
+    let (client, children) = match init {
+        Ok(init) => init,
+        Err(error) => {
+            let message = format!("the queue for follow-up jobs (JOBHOST_SQS_URL): {error}");
+            if let Err(report) = report_init_error(&message) {
+                tracing::error!(error = %report, "could not report the init error to the Runtime API");
+            }
+            anyhow::bail!(message);
+        }
+    };
     runtime.block_on(async move {
-        let client = jobhost::queue::sqs::client_from_env().await;
+        let options = LambdaOptions {
+            dlq_url: args.dlq_url.clone(),
+            concurrency,
+            margin: args.margin,
+        };
         let host = Arc::new(
-            LambdaHost::new(
-                dispatcher.clone(),
-                client,
-                args.dlq_url.clone(),
-                concurrency,
-                args.margin,
-            )
-            .with_children_queue(args.sqs_url.clone()),
+            LambdaHost::new(dispatcher.clone(), clock, client, options)
+                .with_children_queue(children),
         );
         tracing::info!(
             plugins = %config.plugins_dir.display(),
@@ -131,7 +154,7 @@ pub fn run(args: LambdaArgs) -> anyhow::Result<ExitCode> {
             init_ms = started.elapsed().as_secs_f64() * 1000.0,
             "jobhost Lambda runtime ready"
         );
-        jobhost::lambda::run(host)
+        jobhost::run::lambda::run(host)
             .await
             .map_err(|e| anyhow::anyhow!("the Lambda runtime stopped: {e}"))
     })?;

@@ -1,20 +1,23 @@
 //! The `jobhost` binary.
 
 mod admin;
-mod lambda_main;
+mod cli;
+mod lambda;
 mod package;
+mod scaffold;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use crate::cli::{Cli, Command, CompileArgs, ExecArgs, InspectArgs, LogFormat, NewArgs, TestArgs};
 use anyhow::Context as _;
 use clap::Parser as _;
-use jobhost::cli::{
-    Cli, Command, CompileArgs, ExecArgs, InspectArgs, LogFormat, NewArgs, TestArgs,
-};
 use jobhost::config::DEFAULT_CACHE_DIR_NAME;
-use jobhost::{ArtifactCache, Delivery, EngineOptions, Envelope, JobEngine, Loader};
+use jobhost::dispatch::Delivery;
+use jobhost::engine::{EngineOptions, JobEngine};
+use jobhost::job::Envelope;
+use jobhost::plugin::{ArtifactCache, Loader};
 
 /// Exit code for a job that did not finish as done.
 pub(crate) const EXIT_NOT_DONE: u8 = 1;
@@ -42,7 +45,7 @@ fn main() -> ExitCode {
         Command::Stats(db) => admin::stats(db),
         Command::Test(args) => test_cases(args),
         Command::New(args) => new_project(args),
-        Command::Lambda(args) => lambda_main::run(args),
+        Command::Lambda(args) => lambda::run(args),
         Command::Package(args) => package::run(args),
     };
     result.unwrap_or_else(|error| {
@@ -177,7 +180,7 @@ fn inspect(args: InspectArgs) -> anyhow::Result<ExitCode> {
 
 fn new_project(args: NewArgs) -> anyhow::Result<ExitCode> {
     let dir = args.dir.unwrap_or_else(|| PathBuf::from(&args.name));
-    let files = jobhost::scaffold::create(&dir, &args.name, args.lang)?;
+    let files = crate::scaffold::create(&dir, &args.name, args.lang)?;
     for file in &files {
         println!("created {}", file.display());
     }
@@ -189,7 +192,7 @@ fn new_project(args: NewArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn test_cases(args: TestArgs) -> anyhow::Result<ExitCode> {
-    let mut config = jobhost::HostConfig::new(&args.dir);
+    let mut config = jobhost::config::HostConfig::new(&args.dir);
     config.cache_dir = args.cache_dir.clone();
     config.engine.pool_instances = 16;
     let dispatcher = config.start()?;
@@ -241,7 +244,7 @@ fn test_cases(args: TestArgs) -> anyhow::Result<ExitCode> {
 /// sockets. An ungranted environment or filesystem is not among them: its calls succeed
 /// with an empty environment and no preopened directories (every Rust std handler
 /// imports both).
-fn ungranted_imports(plugin: &jobhost::Plugin) -> Vec<String> {
+fn ungranted_imports(plugin: &jobhost::plugin::Plugin) -> Vec<String> {
     let grants = &plugin.manifest.grants;
     plugin
         .imports

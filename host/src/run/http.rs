@@ -19,17 +19,17 @@ use axum::routing::{get, post};
 use serde_json::json;
 use tokio::sync::{Notify, watch};
 
+use crate::clock::Clock;
 use crate::dispatch::{Dispatcher, Rejection};
-use crate::queue::Enqueued;
-use crate::queue::sqlite::SqliteQueue;
-use crate::request::{JobRequest, RequestError};
+use crate::job::{JobRequest, RequestError};
+use crate::queue::{Enqueued, Inspect};
 
 /// The longest `wait_ms` honoured.
 const MAX_WAIT: Duration = Duration::from_secs(30);
 
-#[derive(Clone)]
-struct Api {
-    queue: SqliteQueue,
+struct Api<Q> {
+    queue: Arc<Q>,
+    clock: Arc<dyn Clock>,
     dispatcher: Arc<Dispatcher>,
     wake: Arc<Notify>,
     settled: Arc<Notify>,
@@ -40,18 +40,31 @@ struct ShowQuery {
     wait_ms: Option<u64>,
 }
 
-/// The API's routes. `wake` is notified after each enqueue; `settled` is notified by the
-/// runner after each batch of results.
-pub fn router(
-    queue: SqliteQueue,
+impl<Q> Clone for Api<Q> {
+    fn clone(&self) -> Self {
+        Self {
+            queue: self.queue.clone(),
+            clock: self.clock.clone(),
+            dispatcher: self.dispatcher.clone(),
+            wake: self.wake.clone(),
+            settled: self.settled.clone(),
+        }
+    }
+}
+
+/// The API's routes over any queue that can show its jobs. `wake` is notified after each
+/// enqueue; `settled` is notified by the runner after each batch of results.
+pub fn router<Q: Inspect>(
+    queue: Arc<Q>,
+    clock: Arc<dyn Clock>,
     dispatcher: Arc<Dispatcher>,
     wake: Arc<Notify>,
     settled: Arc<Notify>,
 ) -> Router {
     let limit = dispatcher.options().max_body_bytes;
     Router::new()
-        .route("/jobs", post(create_job))
-        .route("/jobs/{id}", get(show_job))
+        .route("/jobs", post(create_job::<Q>))
+        .route("/jobs/{id}", get(show_job::<Q>))
         .route(
             "/healthz",
             get(|| async { axum::Json(json!({"status": "ok"})) }),
@@ -59,6 +72,7 @@ pub fn router(
         .layer(DefaultBodyLimit::max(limit))
         .with_state(Api {
             queue,
+            clock,
             dispatcher,
             wake,
             settled,
@@ -90,7 +104,7 @@ fn error(status: StatusCode, body: serde_json::Value) -> Response {
     (status, axum::Json(body)).into_response()
 }
 
-async fn create_job(State(api): State<Api>, body: Bytes) -> Response {
+async fn create_job<Q: Inspect>(State(api): State<Api<Q>>, body: Bytes) -> Response {
     let request: JobRequest = match serde_json::from_slice(&body) {
         Ok(request) => request,
         Err(e) => {
@@ -100,7 +114,7 @@ async fn create_job(State(api): State<Api>, body: Bytes) -> Response {
             );
         }
     };
-    let job = match request.into_new_job(api.queue.clock().now(), Some(&api.dispatcher)) {
+    let job = match request.into_new_job(api.clock.now(), Some(&api.dispatcher)) {
         Ok(job) => job,
         Err(RequestError::Rejected(Rejection::UnknownJob(name))) => {
             return error(
@@ -121,10 +135,8 @@ async fn create_job(State(api): State<Api>, body: Bytes) -> Response {
             return error(StatusCode::BAD_REQUEST, json!({"error": message}));
         }
     };
-    let queue = api.queue.clone();
-    let result = tokio::task::spawn_blocking(move || queue.enqueue_now(&[job])).await;
-    match result {
-        Ok(Ok(mut enqueued)) => {
+    match api.queue.enqueue(vec![job]).await {
+        Ok(mut enqueued) => {
             api.wake.notify_one();
             let (id, duplicate) = match enqueued.pop() {
                 Some(Enqueued::Created(id)) => (id, false),
@@ -142,19 +154,15 @@ async fn create_job(State(api): State<Api>, body: Bytes) -> Response {
             )
                 .into_response()
         }
-        Ok(Err(e)) => error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            json!({"error": e.to_string()}),
-        ),
         Err(e) => error(
-            StatusCode::INTERNAL_SERVER_ERROR,
+            StatusCode::SERVICE_UNAVAILABLE,
             json!({"error": e.to_string()}),
         ),
     }
 }
 
-async fn show_job(
-    State(api): State<Api>,
+async fn show_job<Q: Inspect>(
+    State(api): State<Api<Q>>,
     Path(id): Path<String>,
     Query(query): Query<ShowQuery>,
 ) -> Response {
@@ -165,20 +173,12 @@ async fn show_job(
         let settled = api.settled.notified();
         tokio::pin!(settled);
         settled.as_mut().enable();
-        let queue = api.queue.clone();
-        let lookup = id.clone();
-        let record = match tokio::task::spawn_blocking(move || queue.get(&lookup)).await {
-            Ok(Ok(Some(record))) => record,
-            Ok(Ok(None)) => return error(StatusCode::NOT_FOUND, json!({"error": "no such job"})),
-            Ok(Err(e)) => {
-                return error(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    json!({"error": e.to_string()}),
-                );
-            }
+        let record = match api.queue.job(&id).await {
+            Ok(Some(record)) => record,
+            Ok(None) => return error(StatusCode::NOT_FOUND, json!({"error": "no such job"})),
             Err(e) => {
                 return error(
-                    StatusCode::INTERNAL_SERVER_ERROR,
+                    StatusCode::SERVICE_UNAVAILABLE,
                     json!({"error": e.to_string()}),
                 );
             }

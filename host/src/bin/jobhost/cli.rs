@@ -1,12 +1,19 @@
 //! The command line: every flag can also be set from an environment variable.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
+use clap::builder::RangedU64ValueParser;
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use jobhost::config::default_concurrency;
+use jobhost::job::parse_delay;
+use jobhost::queue::sqlite::Retention;
+use jobhost::queue::sqs::{MAX_HOP, SqsOptions};
+use jobhost::run::serve::{QueueConfig, ServeConfig};
 
-use crate::config::HostConfig;
-use crate::engine::EngineOptions;
-use crate::envelope::DEFAULT_MAX_BODY_BYTES;
+use jobhost::config::HostConfig;
+use jobhost::engine::EngineOptions;
+use jobhost::job::DEFAULT_MAX_BODY_BYTES;
 
 /// A background-job host whose handlers are sandboxed WebAssembly components.
 #[derive(Debug, Parser)]
@@ -79,12 +86,12 @@ pub struct LambdaArgs {
     /// source queue).
     #[arg(long, env = "JOBHOST_SQS_URL")]
     pub sqs_url: Option<String>,
-    /// Records run at once.
-    #[arg(long, env = "JOBHOST_CONCURRENCY")]
+    /// Records run at once (default: two per core).
+    #[arg(long, env = "JOBHOST_CONCURRENCY", value_parser = at_least_one())]
     pub concurrency: Option<usize>,
     /// Time kept back from each job's deadline before the invocation's own, for settling
     /// the batch (visibility changes, dead letters, follow-up jobs).
-    #[arg(long, env = "JOBHOST_DEADLINE_MARGIN", default_value = "2s", value_parser = crate::request::parse_delay)]
+    #[arg(long, env = "JOBHOST_DEADLINE_MARGIN", default_value = "2s", value_parser = parse_delay)]
     pub margin: std::time::Duration,
 }
 
@@ -163,13 +170,13 @@ pub struct QueueArgs {
     /// The SQS dead-letter queue URL (default: the queue's RedrivePolicy target).
     #[arg(long, env = "JOBHOST_DLQ_URL")]
     pub dlq_url: Option<String>,
-    /// SQS long-polling wait per receive call (at most 20s).
-    #[arg(long, env = "JOBHOST_SQS_WAIT", default_value = "20s", value_parser = crate::request::parse_delay)]
-    pub sqs_wait: std::time::Duration,
-    /// The longest an SQS message is hidden in one step of a long delay or backoff (SQS
-    /// allows 12h; shorter values are for tests).
-    #[arg(long, env = "JOBHOST_SQS_MAX_HIDE", default_value = "12h", value_parser = crate::request::parse_delay)]
-    pub sqs_max_hide: std::time::Duration,
+    /// SQS long-polling wait per receive call, 0s to 20s.
+    #[arg(long, env = "JOBHOST_SQS_WAIT", default_value = "20s", value_parser = sqs_wait)]
+    pub sqs_wait: Duration,
+    /// The longest an SQS message is hidden in one step of a long delay or backoff, 1s to
+    /// 11h 40m (SQS allows 12h from the receive; shorter values are for tests).
+    #[arg(long, env = "JOBHOST_SQS_MAX_HIDE", default_value = "11h 40m", value_parser = sqs_max_hide)]
+    pub sqs_max_hide: Duration,
 }
 
 impl QueueArgs {
@@ -198,7 +205,7 @@ pub struct RunArgs {
     #[command(flatten)]
     pub queue: QueueArgs,
     /// Jobs running at once (default: two per core).
-    #[arg(long, env = "JOBHOST_CONCURRENCY")]
+    #[arg(long, env = "JOBHOST_CONCURRENCY", value_parser = at_least_one())]
     pub concurrency: Option<usize>,
     /// Exit 0 once nothing is due or running.
     #[arg(long, env = "JOBHOST_DRAIN")]
@@ -206,19 +213,67 @@ pub struct RunArgs {
     /// Serve the HTTP API (default address 127.0.0.1:8080).
     #[arg(long, env = "JOBHOST_HTTP", num_args = 0..=1, default_missing_value = "127.0.0.1:8080")]
     pub http: Option<std::net::SocketAddr>,
-    /// How long a claimed job is leased before another worker may take it
+    /// How long a claimed job is leased before another worker may take it, at least 1s
     /// (default: the longest handler timeout plus 1m).
-    #[arg(long, env = "JOBHOST_LEASE", value_parser = crate::request::parse_delay)]
+    #[arg(long, env = "JOBHOST_LEASE", value_parser = lease)]
     pub lease: Option<std::time::Duration>,
     /// How long running jobs may finish after SIGINT/SIGTERM.
-    #[arg(long, env = "JOBHOST_GRACE", default_value = "30s", value_parser = crate::request::parse_delay)]
+    #[arg(long, env = "JOBHOST_GRACE", default_value = "30s", value_parser = parse_delay)]
     pub grace: std::time::Duration,
     /// The most done jobs kept.
     #[arg(long, env = "JOBHOST_RETAIN_DONE", default_value_t = 100_000)]
     pub retain_done: u64,
     /// How long done jobs are kept.
-    #[arg(long, env = "JOBHOST_RETAIN_DONE_FOR", default_value = "7d", value_parser = crate::request::parse_delay)]
+    #[arg(long, env = "JOBHOST_RETAIN_DONE_FOR", default_value = "7d", value_parser = parse_delay)]
     pub retain_done_for: std::time::Duration,
+}
+
+impl QueueArgs {
+    /// The SQS options these flags describe, for `queue` (`sqs://NAME` or a URL).
+    pub fn sqs_options(&self, queue: String) -> SqsOptions {
+        SqsOptions {
+            dlq_url: self.dlq_url.clone(),
+            wait: self.sqs_wait,
+            max_hide: self.sqs_max_hide,
+            ..SqsOptions::new(queue)
+        }
+    }
+}
+
+impl RunArgs {
+    /// The one validated configuration of this run.
+    pub fn config(&self) -> anyhow::Result<ServeConfig> {
+        let queue = match self.queue.sqs() {
+            Some(queue) => {
+                anyhow::ensure!(
+                    self.http.is_none(),
+                    "--http serves the embedded queue; on SQS, send messages to the queue"
+                );
+                anyhow::ensure!(
+                    self.lease.is_none(),
+                    "--lease is for the embedded queue; on SQS the lease is the queue's \
+                     visibility timeout"
+                );
+                QueueConfig::Sqs(self.queue.sqs_options(queue))
+            }
+            None => QueueConfig::Sqlite {
+                db: self.db.db.clone(),
+                http: self.http,
+                lease: self.lease,
+                retention: Retention {
+                    max_done: self.retain_done,
+                    max_age: self.retain_done_for,
+                },
+            },
+        };
+        Ok(ServeConfig {
+            host: self.host.config(),
+            queue,
+            concurrency: self.concurrency.unwrap_or_else(default_concurrency),
+            drain: self.drain,
+            grace: self.grace,
+        })
+    }
 }
 
 /// `jobhost enqueue`.
@@ -351,13 +406,45 @@ pub struct HostArgs {
     /// Do not use the pooling allocator.
     #[arg(long, env = "JOBHOST_NO_POOLING")]
     pub no_pooling: bool,
-    /// The largest message body accepted, in bytes.
-    #[arg(long, env = "JOBHOST_MAX_BODY_BYTES", default_value_t = DEFAULT_MAX_BODY_BYTES)]
+    /// The largest message body accepted, in bytes (at least 64).
+    #[arg(long, env = "JOBHOST_MAX_BODY_BYTES", default_value_t = DEFAULT_MAX_BODY_BYTES,
+          value_parser = RangedU64ValueParser::<usize>::new().range(64..))]
     pub max_body_bytes: usize,
 }
 
+/// Jobs or records at once: at least 1.
+fn at_least_one() -> RangedU64ValueParser<usize> {
+    RangedU64ValueParser::<usize>::new().range(1..)
+}
+
+/// A duration within `[min, max]`; clap names the flag in its error.
+fn duration_within(text: &str, min: Duration, max: Duration) -> Result<Duration, String> {
+    let value = parse_delay(text)?;
+    if value < min || value > max {
+        return Err(format!(
+            "{} is out of range: allowed {} to {}",
+            humantime::format_duration(value),
+            humantime::format_duration(min),
+            humantime::format_duration(max)
+        ));
+    }
+    Ok(value)
+}
+
+fn sqs_wait(text: &str) -> Result<Duration, String> {
+    duration_within(text, Duration::ZERO, Duration::from_secs(20))
+}
+
+fn sqs_max_hide(text: &str) -> Result<Duration, String> {
+    duration_within(text, Duration::from_secs(1), MAX_HOP)
+}
+
+fn lease(text: &str) -> Result<Duration, String> {
+    duration_within(text, Duration::from_secs(1), Duration::from_secs(12 * 3600))
+}
+
 impl HostArgs {
-    /// The validated host configuration.
+    /// The host configuration these flags describe (each flag is checked by its parser).
     pub fn config(&self) -> HostConfig {
         let mut config = HostConfig::new(&self.plugins);
         config.cache_dir = self.cache_dir.clone();

@@ -8,15 +8,15 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::component::{Component, Linker};
 
-use crate::bindings::{JobPlugin, JobPluginPre};
-use crate::cache::{ArtifactCache, ArtifactSource};
-use crate::engine::JobEngine;
-use crate::execute::{describe, error_chain};
-use crate::manifest::Manifest;
-use crate::schema::PayloadSchema;
-use crate::state::{JobState, ResolvedGrants};
+use crate::bindings::JobPluginPre;
+use crate::engine::{EngineError, JobEngine};
+use crate::plugin::Manifest;
+use crate::plugin::PayloadSchema;
+use crate::plugin::{ArtifactCache, ArtifactSource};
+use crate::sandbox::{JobState, ResolvedGrants};
+use crate::sandbox::{describe, error_chain};
 
 /// The longest job name a handler may claim.
 const MAX_NAME_BYTES: usize = 256;
@@ -66,7 +66,8 @@ impl std::fmt::Debug for Plugin {
 }
 
 /// A handler that could not be loaded, naming the file(s) at fault.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{}: {message}", display_paths(files))]
 pub struct LoadError {
     /// The files involved (the component, a sidecar, or two components claiming one name).
     pub files: Vec<PathBuf>,
@@ -76,14 +77,10 @@ pub struct LoadError {
     pub names: Vec<String>,
 }
 
-impl std::fmt::Display for LoadError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let files: Vec<String> = self.files.iter().map(|p| p.display().to_string()).collect();
-        write!(f, "{}: {}", files.join(", "), self.message)
-    }
+fn display_paths(files: &[PathBuf]) -> String {
+    let files: Vec<String> = files.iter().map(|p| p.display().to_string()).collect();
+    files.join(", ")
 }
-
-impl std::error::Error for LoadError {}
 
 impl LoadError {
     fn new(file: &Path, message: impl Into<String>) -> Self {
@@ -192,14 +189,9 @@ pub struct Loader {
 
 impl Loader {
     /// A loader; `cache` is where precompiled artifacts are kept (none: always compile).
-    pub fn new(engine: Arc<JobEngine>, cache: Option<ArtifactCache>) -> anyhow::Result<Self> {
+    pub fn new(engine: Arc<JobEngine>, cache: Option<ArtifactCache>) -> Result<Self, EngineError> {
         let mut linker = Linker::new(engine.engine());
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(anyhow::Error::from)?;
-        // Linked for every handler; each request is refused unless its manifest grants it.
-        wasmtime_wasi_http::p2::add_only_http_to_linker_sync(&mut linker)
-            .map_err(anyhow::Error::from)?;
-        JobPlugin::add_to_linker::<_, HasSelf<JobState>>(&mut linker, |state| state)
-            .map_err(anyhow::Error::from)?;
+        crate::sandbox::add_to_linker(&mut linker).map_err(EngineError::of)?;
         Ok(Self {
             engine,
             linker,
@@ -215,7 +207,7 @@ impl Loader {
     /// Loads every `*.wasm` in `dir`. Fails only when the folder cannot be read; a bad
     /// handler is recorded in [`PluginSet::errors`] and skipped (not logged: each command
     /// reports them once, in its own way; see [`PluginSet::log_errors`]).
-    pub fn load_dir(&self, dir: &Path) -> anyhow::Result<PluginSet> {
+    pub fn load_dir(&self, dir: &Path) -> Result<PluginSet, FolderError> {
         let files = wasm_files(dir)?;
         let mut set = PluginSet::default();
         for file in files {
@@ -347,9 +339,11 @@ fn read_env_file(path: &Path) -> Result<Vec<(String, String)>, String> {
 }
 
 /// The `*.wasm` files of a folder, sorted by name.
-pub fn wasm_files(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
-    let entries = std::fs::read_dir(dir)
-        .map_err(|e| anyhow::anyhow!("cannot read the plugins folder {}: {e}", dir.display()))?;
+pub fn wasm_files(dir: &Path) -> Result<Vec<PathBuf>, FolderError> {
+    let entries = std::fs::read_dir(dir).map_err(|source| FolderError {
+        path: dir.to_path_buf(),
+        source,
+    })?;
     let mut files: Vec<PathBuf> = entries
         .filter_map(Result::ok)
         .map(|entry| entry.path())
@@ -357,6 +351,16 @@ pub fn wasm_files(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
         .collect();
     files.sort();
     Ok(files)
+}
+
+/// The plugins folder could not be read.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot read the plugins folder {}: {source}", path.display())]
+pub struct FolderError {
+    /// The folder.
+    pub path: PathBuf,
+    /// Why.
+    pub source: std::io::Error,
 }
 
 /// Tells a component from a core module (a common mistake) from anything else.
@@ -393,7 +397,8 @@ fn load_schema(
     if sidecar.is_file() {
         let text = std::fs::read_to_string(&sidecar)
             .map_err(|e| LoadError::new(&sidecar, format!("cannot read: {e}")))?;
-        let schema = PayloadSchema::compile(&text).map_err(|m| LoadError::new(&sidecar, m))?;
+        let schema =
+            PayloadSchema::compile(&text).map_err(|m| LoadError::new(&sidecar, m.to_string()))?;
         return Ok((Some(schema), SchemaSource::Sidecar(sidecar)));
     }
     match described {

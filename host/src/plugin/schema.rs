@@ -7,6 +7,11 @@ use serde_json::Value;
 /// The most schema errors reported for one payload.
 pub const MAX_SCHEMA_ERRORS: usize = 20;
 
+/// Schema text that does not compile: what is wrong with it.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct SchemaError(pub String);
+
 /// A compiled schema and its source text.
 #[derive(Clone, Debug)]
 pub struct PayloadSchema {
@@ -16,11 +21,11 @@ pub struct PayloadSchema {
 
 impl PayloadSchema {
     /// Compiles schema text; the error says what is wrong with it.
-    pub fn compile(text: &str) -> Result<Self, String> {
-        let schema: Value =
-            serde_json::from_str(text).map_err(|e| format!("schema is not JSON: {e}"))?;
-        let validator =
-            jsonschema::validator_for(&schema).map_err(|e| format!("invalid JSON Schema: {e}"))?;
+    pub fn compile(text: &str) -> Result<Self, SchemaError> {
+        let schema: Value = serde_json::from_str(text)
+            .map_err(|e| SchemaError(format!("schema is not JSON: {e}")))?;
+        let validator = jsonschema::validator_for(&schema)
+            .map_err(|e| SchemaError(format!("invalid JSON Schema: {e}")))?;
         Ok(Self {
             text: text.to_string(),
             validator,
@@ -54,7 +59,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn errors_name_the_field() -> Result<(), String> {
+    fn errors_name_the_field() -> Result<(), SchemaError> {
         let schema = PayloadSchema::compile(
             r#"{"type":"object","required":["to"],"properties":{"to":{"type":"string"}}}"#,
         )?;

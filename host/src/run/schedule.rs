@@ -13,8 +13,7 @@ use tokio::sync::watch;
 
 use crate::clock::{Clock, to_ms};
 use crate::plugin::PluginSet;
-use crate::queue::sqlite::SqliteQueue;
-use crate::queue::{Enqueued, NewJob, QueueError};
+use crate::queue::{Enqueued, NewJob, QueueError, Ticks};
 
 /// How far back a starting scheduler looks for missed ticks.
 pub const LOOKBACK: Duration = Duration::from_secs(60);
@@ -27,17 +26,16 @@ struct Entry {
     last: SystemTime,
 }
 
-/// Enqueues the ticks of every schedule.
-pub struct Scheduler {
-    queue: SqliteQueue,
+/// Enqueues the ticks of every schedule, on any queue that can enqueue a tick once.
+pub struct Scheduler<Q> {
+    queue: Arc<Q>,
     clock: Arc<dyn Clock>,
     entries: Vec<Entry>,
 }
 
-impl Scheduler {
-    /// A scheduler for every `[[schedule]]` of the loaded handlers.
-    pub fn new(plugins: &PluginSet, queue: SqliteQueue) -> Self {
-        let clock = queue.clock().clone();
+impl<Q: Ticks> Scheduler<Q> {
+    /// A scheduler for every `[[schedule]]` of the loaded handlers, on `clock`'s time.
+    pub fn new(plugins: &PluginSet, queue: Arc<Q>, clock: Arc<dyn Clock>) -> Self {
         let start = clock.now() - LOOKBACK;
         let mut entries = Vec::new();
         for plugin in plugins.plugins() {
@@ -70,7 +68,7 @@ impl Scheduler {
     }
 
     /// Enqueues every tick that is due by now and not enqueued before.
-    pub fn tick(&mut self) -> Result<Vec<Enqueued>, QueueError> {
+    pub async fn tick(&mut self) -> Result<Vec<Enqueued>, QueueError> {
         let now = self.clock.now();
         let mut enqueued = Vec::new();
         for entry in &mut self.entries {
@@ -78,7 +76,7 @@ impl Scheduler {
                 let key = format!("{}@{}", entry.key, to_ms(next));
                 let mut job = NewJob::new(entry.job.clone(), entry.payload.clone());
                 job.run_at = Some(next);
-                if let Some(done) = self.queue.enqueue_tick(&key, &job)? {
+                if let Some(done) = self.queue.enqueue_tick(&key, job).await? {
                     tracing::info!(job.name = %entry.job, tick = %DateTime::<Utc>::from(next), "periodic job enqueued");
                     enqueued.push(done);
                 }
@@ -91,7 +89,7 @@ impl Scheduler {
     /// Ticks every second until `shutdown`.
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
         while !*shutdown.borrow() {
-            if let Err(error) = self.tick() {
+            if let Err(error) = self.tick().await {
                 tracing::error!(%error, "enqueueing periodic jobs failed; retrying");
             }
             tokio::select! {

@@ -10,7 +10,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::dispatch::{Dispatcher, Rejection};
-use crate::envelope::empty_object;
+use crate::job::empty_object;
 use crate::queue::NewJob;
 
 /// A request to enqueue one job.
@@ -41,23 +41,14 @@ pub struct JobRequest {
 }
 
 /// Why a request cannot be enqueued.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
 pub enum RequestError {
     /// Bad fields (a delay that is not a duration, both `delay` and `at`, ...).
+    #[error("{0}")]
     Invalid(String),
     /// The handler refuses it (unknown name or schema errors).
+    #[error(transparent)]
     Rejected(Rejection),
-}
-
-impl std::error::Error for RequestError {}
-
-impl std::fmt::Display for RequestError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            RequestError::Invalid(message) => f.write_str(message),
-            RequestError::Rejected(rejection) => rejection.fmt(f),
-        }
-    }
 }
 
 /// Parses a delay such as `10m`, `90s` or `1h 30m`.

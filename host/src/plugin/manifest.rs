@@ -16,8 +16,8 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::limits::Limits;
-use crate::retry::RetryPolicy;
+use crate::job::RetryPolicy;
+use crate::sandbox::Limits;
 
 /// Everything a handler's manifest may configure.
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
@@ -51,7 +51,7 @@ pub struct Grants {
     /// symlinks leading out are refused.
     pub dirs: Vec<DirGrant>,
     /// Outbound HTTP to an allowlist of hosts.
-    pub http: Option<crate::outbound_http::HttpGrant>,
+    pub http: Option<crate::sandbox::HttpGrant>,
 }
 
 /// One preopened directory.

@@ -21,7 +21,7 @@ pub struct Envelope {
     /// The job name the message is routed by.
     #[serde(alias = "type", alias = "jobName")]
     pub job: String,
-    /// The payload; `{}` when absent, as on the enqueue path ([`crate::request`]).
+    /// The payload; `{}` when absent, as on the enqueue path ([`crate::job`]).
     #[serde(default = "empty_object")]
     pub payload: Value,
     /// The delivery number, 1-based; the queue's own count wins where it has one.

@@ -10,10 +10,9 @@ use bytes::Bytes;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 
-use crate::bindings::{self, host};
-use crate::limits::Limits;
-use crate::outcome::{EnqueuedJob, LogLevel, LogLine, Progress};
-use crate::state::JobState;
+use crate::bindings;
+use crate::job::{EnqueuedJob, LogLevel, LogLine, Progress};
+use crate::sandbox::Limits;
 
 /// The longest single log line kept, in bytes; longer lines are cut.
 pub const MAX_LOG_LINE_BYTES: usize = 8 * 1024;
@@ -149,7 +148,7 @@ impl Capture {
         captured.partial[index] = rest;
     }
 
-    fn progress(&self, done: u64, total: u64, message: Option<String>) {
+    pub(super) fn progress(&self, done: u64, total: u64, message: Option<String>) {
         let mut captured = self.lock();
         if captured.progress.len() >= MAX_PROGRESS_ENTRIES {
             captured.progress.remove(0);
@@ -162,7 +161,7 @@ impl Capture {
         });
     }
 
-    fn enqueue(
+    pub(super) fn enqueue(
         &self,
         name: String,
         payload: String,
@@ -327,33 +326,5 @@ impl tokio::io::AsyncWrite for LogStream {
         _cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
         std::task::Poll::Ready(Ok(()))
-    }
-}
-
-impl bindings::types_iface::Host for JobState {}
-
-impl host::Host for JobState {
-    fn log(&mut self, level: bindings::LogLevel, message: String) {
-        let level = match level {
-            bindings::LogLevel::Trace => LogLevel::Trace,
-            bindings::LogLevel::Debug => LogLevel::Debug,
-            bindings::LogLevel::Info => LogLevel::Info,
-            bindings::LogLevel::Warn => LogLevel::Warn,
-            bindings::LogLevel::Error => LogLevel::Error,
-        };
-        self.capture.log(level, "log", &message);
-    }
-
-    fn progress(&mut self, done: u64, total: u64, message: Option<String>) {
-        self.capture.progress(done, total, message);
-    }
-
-    fn enqueue(
-        &mut self,
-        name: String,
-        payload: String,
-        options: bindings::EnqueueOptions,
-    ) -> Result<String, String> {
-        self.capture.enqueue(name, payload, options)
     }
 }

@@ -11,16 +11,18 @@
 //! which in its [`Termination`]. Main types: [`RunOptions`], [`Runner`], [`RunSummary`].
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use tokio::sync::{Notify, mpsc, watch};
 
 use crate::clock::Clock;
-use crate::dispatch::{Delivery, Dispatcher};
-use crate::queue::{Action, Delivered, Message, Queue, Settlement};
+use crate::dispatch::Dispatcher;
+use crate::job::Outcome;
+use crate::queue::{Delivered, Queue, Settlement};
+use crate::run::deliver::{Executor, Ran, units};
 
 /// The most deliveries claimed in one call.
 const MAX_BATCH: usize = 256;
@@ -66,12 +68,6 @@ impl RunOptions {
             grace: Duration::from_secs(30),
         }
     }
-}
-
-/// The default concurrency: two workers per core (handlers are CPU-bound wasm, but some
-/// wait on host calls).
-pub fn default_concurrency() -> usize {
-    std::thread::available_parallelism().map_or(2, |n| n.get() * 2)
 }
 
 /// Why the loop ended.
@@ -139,34 +135,6 @@ impl Counters {
     }
 }
 
-enum WorkerResult {
-    Settled(Settlement),
-    Unstarted(Delivered),
-}
-
-/// A per-handler limit on jobs running at once.
-struct Gate {
-    running: Mutex<u32>,
-    freed: Condvar,
-    limit: u32,
-}
-
-impl Gate {
-    fn enter(&self) {
-        let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
-        while *running >= self.limit {
-            running = self.freed.wait(running).unwrap_or_else(|e| e.into_inner());
-        }
-        *running += 1;
-    }
-
-    fn leave(&self) {
-        let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
-        *running -= 1;
-        self.freed.notify_one();
-    }
-}
-
 /// The poller over one queue.
 pub struct Runner<Q: Queue> {
     queue: Arc<Q>,
@@ -211,7 +179,7 @@ impl<Q: Queue> Runner<Q> {
         let stopping = Arc::new(AtomicBool::new(false));
         let capacity = Arc::new(Notify::new());
         let (jobs_tx, jobs_rx) = crossbeam_channel::unbounded::<Vec<Delivered>>();
-        let (results_tx, results_rx) = mpsc::unbounded_channel::<WorkerResult>();
+        let (results_tx, results_rx) = mpsc::unbounded_channel::<Ran>();
         let leased: Leased = Arc::default();
         let workers = self.start_workers(jobs_rx, results_tx, stopping.clone());
         let settler = tokio::spawn(settle_loop(
@@ -375,19 +343,17 @@ impl<Q: Queue> Runner<Q> {
     fn start_workers(
         &self,
         jobs: crossbeam_channel::Receiver<Vec<Delivered>>,
-        results: mpsc::UnboundedSender<WorkerResult>,
+        results: mpsc::UnboundedSender<Ran>,
         stopping: Arc<AtomicBool>,
     ) -> Vec<JoinHandle<()>> {
-        let gates = Arc::new(self.gates());
+        let executor = Arc::new(Executor::new(self.dispatcher.clone(), self.clock.clone()));
         (0..self.options.concurrency)
             .filter_map(|index| {
                 let worker = Worker {
                     jobs: jobs.clone(),
                     results: results.clone(),
                     stopping: stopping.clone(),
-                    dispatcher: self.dispatcher.clone(),
-                    clock: self.clock.clone(),
-                    gates: gates.clone(),
+                    executor: executor.clone(),
                 };
                 std::thread::Builder::new()
                     .name(format!("jobhost-worker-{index}"))
@@ -396,23 +362,6 @@ impl<Q: Queue> Runner<Q> {
                     .ok()
             })
             .collect()
-    }
-
-    fn gates(&self) -> HashMap<String, Arc<Gate>> {
-        let mut gates = HashMap::new();
-        for plugin in self.dispatcher.plugins().plugins() {
-            if let Some(limit) = plugin.manifest.concurrency {
-                let gate = Arc::new(Gate {
-                    running: Mutex::new(0),
-                    freed: Condvar::new(),
-                    limit,
-                });
-                for name in &plugin.names {
-                    gates.insert(name.clone(), gate.clone());
-                }
-            }
-        }
-        gates
     }
 
     async fn join_workers(&self, workers: Vec<JoinHandle<()>>, counters: &Counters) -> u64 {
@@ -436,36 +385,6 @@ impl<Q: Queue> Runner<Q> {
     }
 }
 
-/// The job name of a raw envelope (`job`, or its aliases `type` and `jobName`).
-fn job_name(body: &[u8]) -> Option<String> {
-    #[derive(serde::Deserialize)]
-    struct Name {
-        #[serde(alias = "type", alias = "jobName")]
-        job: String,
-    }
-    serde_json::from_slice::<Name>(body).ok().map(|n| n.job)
-}
-
-/// Splits a batch into units a worker runs in order: one per delivery, except that the
-/// deliveries of one ordering group form one unit, in the order received.
-fn units(batch: Vec<Delivered>) -> Vec<Vec<Delivered>> {
-    let mut units: Vec<Vec<Delivered>> = Vec::with_capacity(batch.len());
-    let mut by_group: HashMap<String, usize> = HashMap::new();
-    for delivered in batch {
-        match delivered.group.clone() {
-            Some(group) => match by_group.get(&group) {
-                Some(&index) => units[index].push(delivered),
-                None => {
-                    by_group.insert(group, units.len());
-                    units.push(vec![delivered]);
-                }
-            },
-            None => units.push(vec![delivered]),
-        }
-    }
-    units
-}
-
 /// Renews the lease of every delivery received and not yet settled, every third of the
 /// lease. A renewal that fails is logged; the next one tries again.
 async fn renew_leases<Q: Queue>(queue: Arc<Q>, leased: Leased, lease: Duration) {
@@ -486,70 +405,25 @@ async fn renew_leases<Q: Queue>(queue: Arc<Q>, leased: Leased, lease: Duration) 
 
 struct Worker {
     jobs: crossbeam_channel::Receiver<Vec<Delivered>>,
-    results: mpsc::UnboundedSender<WorkerResult>,
+    results: mpsc::UnboundedSender<Ran>,
     stopping: Arc<AtomicBool>,
-    dispatcher: Arc<Dispatcher>,
-    clock: Arc<dyn Clock>,
-    gates: Arc<HashMap<String, Arc<Gate>>>,
+    executor: Arc<Executor>,
 }
 
 impl Worker {
     fn run(self) {
         while let Ok(unit) = self.jobs.recv() {
-            let mut unit = unit.into_iter();
-            while let Some(delivered) = unit.next() {
-                if self.stopping.load(Ordering::SeqCst) {
-                    let _ = self.results.send(WorkerResult::Unstarted(delivered));
-                    continue;
-                }
-                let grouped = delivered.group.is_some();
-                let settlement = self.process(delivered);
-                let failed = !matches!(settlement.action, Action::Done { .. });
-                let _ = self.results.send(WorkerResult::Settled(settlement));
-                if failed && grouped {
-                    // Keep the group's order: the rest waits for this one's retry.
-                    for rest in unit.by_ref() {
-                        let _ = self.results.send(WorkerResult::Unstarted(rest));
-                    }
-                }
-            }
+            self.executor.run_unit(unit, None, &self.stopping, |ran| {
+                // The settler lives until every worker has stopped.
+                let _ = self.results.send(ran);
+            });
         }
-    }
-
-    fn process(&self, delivered: Delivered) -> Settlement {
-        let delivery = Delivery {
-            fallback_id: Some(delivered.id.clone()),
-            attempt: Some(delivered.attempt),
-            ..Delivery::default()
-        };
-        let gate = match &delivered.message {
-            Message::Envelope(envelope) => self.gates.get(&envelope.job).cloned(),
-            // Raw bodies (SQS) are parsed by dispatch; read just the name for the gate.
-            Message::Raw(body) if !self.gates.is_empty() => {
-                job_name(body).and_then(|name| self.gates.get(&name).cloned())
-            }
-            Message::Raw(_) => None,
-        };
-        if let Some(gate) = &gate {
-            gate.enter();
-        }
-        let report = match &delivered.message {
-            Message::Envelope(envelope) => self
-                .dispatcher
-                .dispatch_envelope(envelope.clone(), &delivery),
-            Message::Raw(body) => self.dispatcher.dispatch(body, &delivery),
-        };
-        if let Some(gate) = &gate {
-            gate.leave();
-        }
-        let action = Action::from_report(&report, self.clock.now());
-        Settlement { delivered, action }
     }
 }
 
 async fn settle_loop<Q: Queue>(
     queue: Arc<Q>,
-    mut results: mpsc::UnboundedReceiver<WorkerResult>,
+    mut results: mpsc::UnboundedReceiver<Ran>,
     counters: Arc<Counters>,
     capacity: Arc<Notify>,
     settled_notify: Arc<Notify>,
@@ -561,8 +435,8 @@ async fn settle_loop<Q: Queue>(
         let mut next = Some(first);
         while let Some(result) = next.take() {
             match result {
-                WorkerResult::Settled(s) => settled.push(s),
-                WorkerResult::Unstarted(d) => unstarted.push(d),
+                Ran::Settled(s) => settled.push(s),
+                Ran::Unstarted(d) => unstarted.push(d),
             }
             if settled.len() + unstarted.len() < MAX_SETTLE_BATCH {
                 next = results.try_recv().ok();
@@ -600,10 +474,10 @@ async fn settle_loop<Q: Queue>(
 
 fn tally(settled: &[Settlement], counters: &Counters) {
     for settlement in settled {
-        let counter = match settlement.action {
-            Action::Done { .. } => &counters.done,
-            Action::Retry { .. } => &counters.retried,
-            Action::DeadLetter { .. } => &counters.dead,
+        let counter = match settlement.outcome {
+            Outcome::Done { .. } => &counters.done,
+            Outcome::Retry { .. } => &counters.retried,
+            Outcome::DeadLetter { .. } => &counters.dead,
         };
         counter.fetch_add(1, Ordering::Relaxed);
     }

@@ -23,9 +23,9 @@ pub enum Language {
     C,
 }
 
-const WIT: &str = include_str!("../../wit/jobhost.wit");
-const README: &str = include_str!("../templates/common.README.md");
-const CASES: &str = include_str!("../templates/common.cases.json");
+const WIT: &str = include_str!("../../../../wit/jobhost.wit");
+const README: &str = include_str!("../../../templates/common.README.md");
+const CASES: &str = include_str!("../../../templates/common.cases.json");
 
 /// One file of a project: its path (with `{{name}}` placeholders) and its template.
 type Template = (&'static str, &'static str);
@@ -52,30 +52,51 @@ impl Language {
     fn templates(self) -> &'static [Template] {
         match self {
             Language::Rust => &[
-                ("Cargo.toml", include_str!("../templates/rust/Cargo.toml")),
-                ("src/lib.rs", include_str!("../templates/rust/lib.rs")),
-                ("build.sh", include_str!("../templates/rust/build.sh")),
-                (".gitignore", include_str!("../templates/rust/gitignore")),
+                (
+                    "Cargo.toml",
+                    include_str!("../../../templates/rust/Cargo.toml"),
+                ),
+                ("src/lib.rs", include_str!("../../../templates/rust/lib.rs")),
+                ("build.sh", include_str!("../../../templates/rust/build.sh")),
+                (
+                    ".gitignore",
+                    include_str!("../../../templates/rust/gitignore"),
+                ),
             ],
             Language::Js => &[
-                ("package.json", include_str!("../templates/js/package.json")),
-                ("{{name}}.js", include_str!("../templates/js/handler.js")),
-                ("build.sh", include_str!("../templates/js/build.sh")),
-                (".gitignore", include_str!("../templates/js/gitignore")),
+                (
+                    "package.json",
+                    include_str!("../../../templates/js/package.json"),
+                ),
+                (
+                    "{{name}}.js",
+                    include_str!("../../../templates/js/handler.js"),
+                ),
+                ("build.sh", include_str!("../../../templates/js/build.sh")),
+                (
+                    ".gitignore",
+                    include_str!("../../../templates/js/gitignore"),
+                ),
             ],
             Language::Python => &[
-                ("app.py", include_str!("../templates/python/app.py")),
+                ("app.py", include_str!("../../../templates/python/app.py")),
                 (
                     "requirements.txt",
-                    include_str!("../templates/python/requirements.txt"),
+                    include_str!("../../../templates/python/requirements.txt"),
                 ),
-                ("build.sh", include_str!("../templates/python/build.sh")),
-                (".gitignore", include_str!("../templates/python/gitignore")),
+                (
+                    "build.sh",
+                    include_str!("../../../templates/python/build.sh"),
+                ),
+                (
+                    ".gitignore",
+                    include_str!("../../../templates/python/gitignore"),
+                ),
             ],
             Language::C => &[
-                ("{{name}}.c", include_str!("../templates/c/handler.c")),
-                ("build.sh", include_str!("../templates/c/build.sh")),
-                (".gitignore", include_str!("../templates/c/gitignore")),
+                ("{{name}}.c", include_str!("../../../templates/c/handler.c")),
+                ("build.sh", include_str!("../../../templates/c/build.sh")),
+                (".gitignore", include_str!("../../../templates/c/gitignore")),
             ],
         }
     }

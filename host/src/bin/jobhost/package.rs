@@ -5,12 +5,13 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use crate::cli::{Arch, PackageArgs};
 use anyhow::Context as _;
-use jobhost::cli::{Arch, PackageArgs};
 use jobhost::config::DEFAULT_CACHE_DIR_NAME;
-use jobhost::{ArtifactCache, JobEngine};
+use jobhost::engine::JobEngine;
+use jobhost::plugin::ArtifactCache;
 
-use jobhost::lambda::{lambda_engine_options, native_triple};
+use jobhost::run::lambda::{lambda_engine_options, native_triple};
 
 fn triple(arch: Arch) -> &'static str {
     match arch {

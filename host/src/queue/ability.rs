@@ -1,0 +1,145 @@
+//! What a backend may do besides the core [`Queue`]: each ability is its own trait, and a
+//! backend implements only those it truly can. The CLI, the HTTP API and the scheduler
+//! reach the queue through these traits.
+//!
+//! | ability | embedded (SQLite) | SQS | in-memory |
+//! |---|---|---|---|
+//! | [`Inspect`]: list, show, counts | yes | no: SQS shows no message without receiving it | no |
+//! | [`Administer`]: cancel, redrive, purge | yes | no: use the SQS console or its redrive | no |
+//! | [`Ticks`]: each schedule tick once | yes | no: use EventBridge Scheduler | no |
+//! | [`ReleaseUncounted`] | yes | no: every receive counts | yes |
+
+use std::future::Future;
+
+use serde::Serialize;
+use serde_json::Value;
+
+use super::{Enqueued, NewJob, Queue, QueueError};
+
+/// Reading jobs: `jobhost jobs list|show`, `jobhost stats`, the HTTP API's job view.
+pub trait Inspect: Queue {
+    /// One job.
+    fn job(&self, id: &str) -> impl Future<Output = Result<Option<JobRecord>, QueueError>> + Send;
+
+    /// Jobs, newest first.
+    fn jobs(
+        &self,
+        filter: JobFilter,
+    ) -> impl Future<Output = Result<Vec<JobRecord>, QueueError>> + Send;
+
+    /// Counts by job name and state, and the age of the oldest due job.
+    fn stats(&self) -> impl Future<Output = Result<Stats, QueueError>> + Send;
+}
+
+/// Changing jobs from outside: `jobhost jobs cancel`, `jobhost dlq redrive|purge`.
+pub trait Administer: Queue {
+    /// Cancels a queued job.
+    fn cancel(&self, id: &str) -> impl Future<Output = Result<CancelResult, QueueError>> + Send;
+
+    /// Puts dead jobs back in the queue with their attempts reset; returns how many.
+    fn redrive(&self, which: Redrive) -> impl Future<Output = Result<u64, QueueError>> + Send;
+
+    /// Deletes every dead job; returns how many.
+    fn purge_dead(&self) -> impl Future<Output = Result<u64, QueueError>> + Send;
+}
+
+/// Periodic jobs: each tick of a schedule enqueued once, across restarts and hosts.
+pub trait Ticks: Queue {
+    /// Enqueues `job` unless a job was already enqueued for `tick_key`; `None` then.
+    fn enqueue_tick(
+        &self,
+        tick_key: &str,
+        job: NewJob,
+    ) -> impl Future<Output = Result<Option<Enqueued>, QueueError>> + Send;
+}
+
+/// A promise about [`Queue::release`]: on this backend a delivery given back unstarted
+/// does not count an attempt (on SQS every receive counts, so it does not promise this).
+pub trait ReleaseUncounted: Queue {}
+
+/// Which jobs [`Inspect::jobs`] lists.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct JobFilter {
+    /// Only this state (`queued`, `running`, `done`, `dead`, `cancelled`).
+    pub state: Option<String>,
+    /// Only this job name.
+    pub name: Option<String>,
+    /// At most this many.
+    pub limit: usize,
+}
+
+/// Which dead jobs [`Administer::redrive`] puts back.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Redrive {
+    /// This one.
+    One(String),
+    /// Every dead job.
+    All,
+}
+
+/// A job as stored, for `jobs show` and the HTTP API.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct JobRecord {
+    /// Id.
+    pub id: String,
+    /// Job name.
+    pub name: String,
+    /// Payload.
+    pub payload: Value,
+    /// The raw body of a job enqueued as a message body (lossy UTF-8), kept when it is
+    /// dead-lettered.
+    pub body: Option<String>,
+    /// `queued`, `running`, `done`, `dead` or `cancelled`.
+    pub state: String,
+    /// Priority.
+    pub priority: i64,
+    /// When it is (or was) due, ms since the Unix epoch.
+    pub run_at: i64,
+    /// Deliveries so far.
+    pub attempts: i64,
+    /// Max attempts override.
+    pub max_attempts: Option<i64>,
+    /// The worker holding the lease.
+    pub lease_owner: Option<String>,
+    /// Lease expiry.
+    pub lease_until: Option<i64>,
+    /// Unique key.
+    pub unique_key: Option<String>,
+    /// The last error message (kept on a job that later succeeded, to show why it was
+    /// retried).
+    pub last_error: Option<String>,
+    /// The last failure's reason.
+    pub reason: Option<String>,
+    /// Output (JSON text by convention).
+    pub output: Option<String>,
+    /// The last progress report.
+    pub progress: Option<Value>,
+    /// The job that enqueued this one.
+    pub parent_id: Option<String>,
+    /// Created, ms since the Unix epoch.
+    pub created_at: i64,
+    /// Last changed.
+    pub updated_at: i64,
+    /// Done or dead at.
+    pub finished_at: Option<i64>,
+}
+
+/// Counts for `jobhost stats`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Stats {
+    /// `(name, state, count)` rows.
+    pub counts: Vec<(String, String, u64)>,
+    /// Age of the oldest due queued job, in milliseconds.
+    pub oldest_queued_age_ms: Option<i64>,
+}
+
+/// What `cancel` did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CancelResult {
+    /// Cancelled.
+    Cancelled,
+    /// No such job.
+    NotFound,
+    /// The job is not queued; its state.
+    NotQueued(String),
+}

@@ -1,0 +1,290 @@
+//! `jobhost run`: a queue (the embedded one or SQS), the poller, and on the embedded queue
+//! the periodic scheduler and the optional HTTP API, in one process, with graceful
+//! shutdown on SIGINT/SIGTERM (a second signal ends the run at once with
+//! [`ServeError::Interrupted`]; leases then expire and the jobs run again).
+//!
+//! Main types: [`ServeConfig`], [`QueueConfig`], [`serve`].
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{oneshot, watch};
+
+use crate::clock::SystemClock;
+use crate::config::{HostConfig, StartupError};
+use crate::dispatch::Dispatcher;
+use crate::queue::QueueError;
+use crate::queue::sqlite::{Retention, SqliteQueue};
+use crate::queue::sqs::{SqsOptions, SqsQueue, client_from_env, url_of_name};
+use crate::run::poller::{RunOptions, RunSummary, Runner};
+use crate::run::schedule::Scheduler;
+
+/// The exit code of a run ended by a second signal.
+pub const EXIT_INTERRUPTED: u8 = 130;
+
+/// Everything `jobhost run` was asked to do, validated.
+#[derive(Clone, Debug)]
+pub struct ServeConfig {
+    /// The handlers and the engine.
+    pub host: HostConfig,
+    /// Where jobs come from.
+    pub queue: QueueConfig,
+    /// Jobs running at once (at least 1).
+    pub concurrency: usize,
+    /// Exit once nothing is due or running.
+    pub drain: bool,
+    /// Grace period for running jobs on shutdown.
+    pub grace: Duration,
+}
+
+/// Which queue `jobhost run` takes jobs from.
+#[derive(Clone, Debug)]
+pub enum QueueConfig {
+    /// The embedded SQLite queue.
+    Sqlite {
+        /// The queue file.
+        db: PathBuf,
+        /// Serve the HTTP API here.
+        http: Option<SocketAddr>,
+        /// Lease length (default: the longest handler timeout plus a minute).
+        lease: Option<Duration>,
+        /// Retention of done jobs.
+        retention: Retention,
+    },
+    /// An SQS queue; its `queue_url` may also be `sqs://NAME`.
+    Sqs(SqsOptions),
+}
+
+/// Why `jobhost run` stopped other than by draining or a graceful shutdown.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The host could not start (engine, plugins folder, `--strict`).
+    #[error(transparent)]
+    Startup(#[from] StartupError),
+    /// The queue could not be opened or reached.
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+    /// The HTTP API could not listen.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The async runtime could not start.
+    #[error("cannot start the I/O runtime: {0}")]
+    Runtime(std::io::Error),
+    /// A second signal: ended at once, running jobs abandoned (their leases expire and
+    /// they run again).
+    #[error("interrupted by a second signal; running jobs will run again")]
+    Interrupted,
+}
+
+/// What an SQS queue is opened for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SqsRole {
+    /// Receiving and settling: the dead-letter queue is looked up and checked.
+    Consumer,
+    /// Enqueuing only.
+    Producer,
+}
+
+/// Opens the SQS queue `options` names (`sqs://NAME` is looked up), with the standard AWS
+/// configuration (`AWS_ENDPOINT_URL` honoured).
+pub async fn connect_sqs(options: SqsOptions, role: SqsRole) -> Result<SqsQueue, QueueError> {
+    let client = client_from_env().await;
+    let queue_url = match options.queue_url.strip_prefix("sqs://") {
+        Some(name) if !name.contains('/') => url_of_name(&client, name).await?,
+        _ if options.queue_url.starts_with("http://")
+            || options.queue_url.starts_with("https://") =>
+        {
+            options.queue_url.clone()
+        }
+        _ => {
+            return Err(QueueError(format!(
+                "`{}` is not a queue: use sqs://NAME, an SQS queue URL, or sqlite",
+                options.queue_url
+            )));
+        }
+    };
+    let options = SqsOptions {
+        queue_url,
+        ..options
+    };
+    let clock = Arc::new(SystemClock);
+    match role {
+        SqsRole::Consumer => SqsQueue::connect(client, options, clock).await,
+        SqsRole::Producer => SqsQueue::producer(client, options, clock).await,
+    }
+}
+
+/// Runs the host until drained or signalled.
+pub fn serve(config: &ServeConfig) -> Result<RunSummary, ServeError> {
+    let dispatcher = Arc::new(config.host.start()?);
+    dispatcher.plugins().log_errors();
+    if dispatcher.plugins().plugins().is_empty() {
+        tracing::warn!(plugins = %config.host.plugins_dir.display(), "no handlers loaded; every job will be dead-lettered as unknown-job");
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("jobhost-io")
+        .enable_all()
+        .build()
+        .map_err(ServeError::Runtime)?;
+    let result = runtime.block_on(async {
+        let (stop, stopped) = watch::channel(false);
+        let (interrupt, interrupted) = oneshot::channel();
+        tokio::spawn(watch_signals(stop.clone(), interrupt));
+        let run = async {
+            match &config.queue {
+                QueueConfig::Sqlite { .. } => serve_sqlite(config, dispatcher, stopped).await,
+                QueueConfig::Sqs(options) => {
+                    serve_sqs(config, options.clone(), dispatcher, stopped).await
+                }
+            }
+        };
+        let result = tokio::select! {
+            result = run => result,
+            Ok(()) = interrupted => Err(ServeError::Interrupted),
+        };
+        let _ = stop.send(true);
+        result
+    });
+    // A worker still running past the grace keeps a blocking task joining it: do not wait.
+    runtime.shutdown_timeout(Duration::from_millis(100));
+    result
+}
+
+async fn serve_sqs(
+    config: &ServeConfig,
+    options: SqsOptions,
+    dispatcher: Arc<Dispatcher>,
+    stopped: watch::Receiver<bool>,
+) -> Result<RunSummary, ServeError> {
+    let concurrency = config.concurrency;
+    // Messages received ahead are hidden from other consumers: keep that few.
+    let prefetch = concurrency.max(10);
+    let options = SqsOptions {
+        receive_loops: (concurrency + prefetch).div_ceil(10).clamp(1, 8),
+        ..options
+    };
+    let queue = connect_sqs(options, SqsRole::Consumer).await?;
+    let run = RunOptions {
+        concurrency,
+        prefetch,
+        lease: queue.visibility_timeout(),
+        drain: config.drain,
+        grace: config.grace,
+    };
+    tracing::info!(
+        queue = %queue.url(),
+        fifo = queue.is_fifo(),
+        dead_letter_queue = %queue.dead_letter_queue(),
+        visibility_s = run.lease.as_secs(),
+        handlers = dispatcher.plugins().plugins().len(),
+        concurrency,
+        "jobhost running on SQS"
+    );
+    let runner = Runner::new(Arc::new(queue), dispatcher, Arc::new(SystemClock), run);
+    Ok(runner.run(stopped).await)
+}
+
+async fn serve_sqlite(
+    config: &ServeConfig,
+    dispatcher: Arc<Dispatcher>,
+    stopped: watch::Receiver<bool>,
+) -> Result<RunSummary, ServeError> {
+    let QueueConfig::Sqlite {
+        db,
+        http,
+        lease,
+        retention,
+    } = &config.queue
+    else {
+        unreachable!("called for the embedded queue only");
+    };
+    let queue = SqliteQueue::open_with(db, Arc::new(SystemClock), retention.clone())?;
+    let max_timeout = dispatcher
+        .plugins()
+        .plugins()
+        .iter()
+        .map(|p| Duration::from_millis(p.manifest.limits.timeout_ms))
+        .max()
+        .unwrap_or(Duration::from_secs(30));
+    let defaults = RunOptions::new(config.concurrency, max_timeout);
+    let run = RunOptions {
+        lease: lease.unwrap_or(defaults.lease),
+        drain: config.drain,
+        grace: config.grace,
+        ..defaults
+    };
+    let clock = queue.clock().clone();
+    let queue = Arc::new(queue);
+    let runner = Runner::new(
+        queue.clone(),
+        dispatcher.clone(),
+        clock.clone(),
+        run.clone(),
+    );
+    if let Some(addr) = *http {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| ServeError::Listen { addr, source })?;
+        if !addr.ip().is_loopback() {
+            tracing::warn!(%addr, "the HTTP API has no authentication and listens beyond loopback");
+        }
+        let router = crate::run::http::router(
+            queue.clone(),
+            clock.clone(),
+            dispatcher.clone(),
+            runner.waker(),
+            runner.settled(),
+        );
+        tokio::spawn(crate::run::http::serve(listener, router, stopped.clone()));
+        tracing::info!(%addr, "HTTP API listening");
+    }
+    let scheduler = Scheduler::new(dispatcher.plugins(), queue.clone(), clock);
+    if !scheduler.is_empty() {
+        tokio::spawn(scheduler.run(stopped.clone()));
+    }
+    tracing::info!(
+        db = %db.display(),
+        handlers = dispatcher.plugins().plugins().len(),
+        concurrency = run.concurrency,
+        lease_s = run.lease.as_secs(),
+        "jobhost running"
+    );
+    Ok(runner.run(stopped).await)
+}
+
+/// The first signal asks for a graceful stop; a second one fires `interrupt`.
+async fn watch_signals(stop: watch::Sender<bool>, interrupt: oneshot::Sender<()>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut interrupts), Ok(mut terminates)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        tracing::error!("cannot install signal handlers");
+        return;
+    };
+    for count in 1.. {
+        tokio::select! {
+            _ = interrupts.recv() => {}
+            _ = terminates.recv() => {}
+        }
+        if count > 1 {
+            tracing::warn!(
+                "second signal: exiting now; leases will expire and the running jobs will run again"
+            );
+            let _ = interrupt.send(());
+            return;
+        }
+        tracing::warn!(
+            "shutting down: no new jobs; running jobs may finish (signal again to exit now)"
+        );
+        let _ = stop.send(true);
+    }
+}
