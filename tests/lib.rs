@@ -310,7 +310,11 @@ pub mod sqs {
 
     /// A client for moto.
     pub async fn client() -> anyhow::Result<Client> {
-        let endpoint = endpoint()?;
+        Ok(client_at(&endpoint()?))
+    }
+
+    /// A client for an SQS endpoint (moto, or a proxy in front of it).
+    pub fn client_at(endpoint: &str) -> Client {
         let credentials =
             aws_sdk_sqs::config::Credentials::new("testing", "testing", None, None, "tests");
         let config = aws_sdk_sqs::Config::builder()
@@ -319,7 +323,7 @@ pub mod sqs {
             .credentials_provider(credentials)
             .endpoint_url(endpoint)
             .build();
-        Ok(Client::from_conf(config))
+        Client::from_conf(config)
     }
 
     /// A queue and its dead-letter queue, with unique names.

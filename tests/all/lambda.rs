@@ -660,17 +660,7 @@ fn a_lambda_batch_sends_its_follow_up_jobs_in_batches() -> anyhow::Result<()> {
     rt.block_on(sqs::send_raw(&client, &queue.url, &bodies))?;
     let received = rt.block_on(sqs::receive_all(&client, &queue.url))?;
     assert_eq!(received.len(), 10);
-    let proxied = {
-        let credentials =
-            aws_sdk_sqs::config::Credentials::new("testing", "testing", None, None, "tests");
-        let config = aws_sdk_sqs::Config::builder()
-            .behavior_version(aws_sdk_sqs::config::BehaviorVersion::latest())
-            .region(aws_sdk_sqs::config::Region::new("us-east-1"))
-            .credentials_provider(credentials)
-            .endpoint_url(&proxy.endpoint)
-            .build();
-        aws_sdk_sqs::Client::from_conf(config)
-    };
+    let proxied = sqs::client_at(&proxy.endpoint);
     let host = lambda_host(&handlers()?, proxied, 4)?;
     let deadline = std::time::SystemTime::now() + Duration::from_secs(60);
     let response = rt.block_on(host.handle(event_for(&queue, &received), deadline))?;
