@@ -219,6 +219,44 @@ fn a_job_past_the_grace_period_does_not_hold_the_host_up() -> anyhow::Result<()>
     Ok(())
 }
 
+/// A second signal ends the run at once, within a long grace period, with exit code 130;
+/// the running job is not lost (its lease expires and it runs again).
+#[test]
+fn a_second_signal_exits_at_once_with_130() -> anyhow::Result<()> {
+    let handlers = Handlers::new()?;
+    handlers.add(fixtures::BUSY, "busy")?;
+    handlers.sidecar(
+        "busy",
+        "toml",
+        "[limits]\ntimeout-ms = 60_000\nfuel = 1_000_000_000_000\n",
+    )?;
+    let dir = tempfile::tempdir()?;
+    let db = dir.path().join("q.db");
+    let queue = SqliteQueue::open(&db)?;
+    queue.enqueue_now(&[NewJob::new("busy", json!({"i": 1, "ms": 30_000}))])?;
+    let mut child = spawn_run(&handlers, &db, &["--concurrency", "1", "--grace", "60s"])?;
+    wait_for("the job running", Duration::from_secs(60), || {
+        Ok(count(&queue, "running")? == 1)
+    })?;
+    sigterm(&child)?;
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        child.try_wait()?.is_none(),
+        "the first signal waits for the job"
+    );
+    let signalled = Instant::now();
+    sigterm(&child)?;
+    let (code, _) = wait_exit(&mut child, Duration::from_secs(15))?;
+    assert!(
+        signalled.elapsed() < Duration::from_secs(5),
+        "exited {:?} after the second signal",
+        signalled.elapsed()
+    );
+    assert_eq!(code, 130);
+    assert_eq!(count(&queue, "running")?, 1, "still leased: it runs again");
+    Ok(())
+}
+
 #[test]
 fn the_http_api_answers_with_the_right_status_codes() -> anyhow::Result<()> {
     let handlers = Handlers::new()?;

@@ -21,9 +21,6 @@ use crate::queue::sqs::{SqsOptions, SqsQueue, client_from_env, url_of_name};
 use crate::run::poller::{RunOptions, RunSummary, Runner};
 use crate::run::schedule::Scheduler;
 
-/// The exit code of a run ended by a second signal.
-pub const EXIT_INTERRUPTED: u8 = 130;
-
 /// Everything `jobhost run` was asked to do, validated.
 #[derive(Clone, Debug)]
 pub struct ServeConfig {

@@ -14,9 +14,9 @@ use jobhost::queue::{
 };
 use jobhost::queue::{Enqueued, Queue};
 use jobhost::run::poller::Termination;
-use jobhost::run::serve::{EXIT_INTERRUPTED, ServeError, SqsRole, connect_sqs, serve};
+use jobhost::run::serve::{ServeError, SqsRole, connect_sqs, serve};
 
-use crate::{EXIT_NOT_DONE, EXIT_USAGE};
+use crate::{EXIT_INTERRUPTED, EXIT_NOT_DONE, EXIT_USAGE};
 
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let started = Instant::now();

@@ -23,6 +23,8 @@ use jobhost::plugin::{ArtifactCache, Loader};
 pub(crate) const EXIT_NOT_DONE: u8 = 1;
 /// Exit code for usage and load errors.
 pub(crate) const EXIT_USAGE: u8 = 2;
+/// Exit code of a run ended by a second signal (128 + SIGINT, as shells report it).
+pub(crate) const EXIT_INTERRUPTED: u8 = 130;
 
 fn main() -> ExitCode {
     // As a Lambda custom runtime's `bootstrap`, the binary is started without arguments.
