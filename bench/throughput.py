@@ -60,7 +60,9 @@ def main():
     probe = int(sys.argv[5]) if len(sys.argv) > 5 else 200
     tmp = tempfile.mkdtemp(prefix="jobhost-bench.")
     db = os.path.join(tmp, "bench.db")
-    env = dict(os.environ, JOBHOST_LOG="warn")
+    # jobhost's default logging (a line per job at info for `run`), to a log file.
+    env = {k: v for k, v in os.environ.items() if k != "JOBHOST_LOG"}
+    log = open(os.path.join(tmp, "run.log"), "w")
     # Compile once so neither timed step pays for it.
     subprocess.run([jobhost, "compile", handlers], check=True, stdout=subprocess.DEVNULL, env=env)
 
@@ -74,7 +76,7 @@ def main():
 
     t0 = time.perf_counter()
     drain = subprocess.Popen([jobhost, "run", "--db", db, "--plugins", handlers, "--drain", "--concurrency", str(c)],
-                             stdout=subprocess.PIPE, text=True, env=env)
+                             stdout=subprocess.PIPE, stderr=log, text=True, env=env)
     stdout = drain.stdout.read()
     _, status, usage = os.wait4(drain.pid, 0)
     drain_s = time.perf_counter() - t0
@@ -88,7 +90,7 @@ def main():
 
     port = free_port()
     proc = subprocess.Popen([jobhost, "run", "--db", db, "--plugins", handlers, "--concurrency", str(c),
-                             "--http", "127.0.0.1:%d" % port], stdout=subprocess.DEVNULL, env=env)
+                             "--http", "127.0.0.1:%d" % port], stdout=subprocess.DEVNULL, stderr=log, env=env)
     try:
         wait_port(port, proc)
         lat = []

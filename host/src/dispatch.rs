@@ -336,7 +336,7 @@ fn log_report(report: &Report) {
     let duration_us = u64::try_from(report.duration.as_micros()).unwrap_or(u64::MAX);
     let name = report.job_name.as_deref().unwrap_or("");
     if report.outcome.is_done() {
-        tracing::debug!(job.id = %report.job_id, job.name = name, attempt = report.attempt, outcome, duration_us, fuel = report.fuel, "job finished");
+        tracing::info!(job.id = %report.job_id, job.name = name, attempt = report.attempt, outcome, duration_us, fuel = report.fuel, "job done");
     } else {
         // `error`, not `message`: the event's own text is its `message` key.
         let error = report.outcome.message().unwrap_or("");

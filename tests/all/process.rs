@@ -257,6 +257,69 @@ fn a_second_signal_exits_at_once_with_130() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// With its default logging `jobhost run` says what it runs (version, queue, handlers with
+/// their names and versions) and one line per finished job; a stderr nobody reads (a full
+/// pipe) never stalls the workers.
+#[test]
+fn run_logs_a_banner_and_a_line_per_job_and_a_full_pipe_never_stalls_it() -> anyhow::Result<()> {
+    let handlers = Handlers::new()?;
+    handlers.add(fixtures::ECHO, "echo")?;
+    let dir = tempfile::tempdir()?;
+    let db = dir.path().join("q.db");
+    let queue = SqliteQueue::open(&db)?;
+    let jobs = |n: usize| -> Vec<NewJob> {
+        (0..n)
+            .map(|i| NewJob::new("echo", json!({"message": format!("m{i}")})))
+            .collect()
+    };
+    queue.enqueue_now(&jobs(20))?;
+    let run = jobhost_command()?
+        .args(["run", "--drain", "--plugins"])
+        .arg(handlers.path())
+        .arg("--db")
+        .arg(&db)
+        .env_remove("JOBHOST_LOG")
+        .output()?;
+    assert!(run.status.success());
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    let banner = stderr
+        .lines()
+        .find(|l| l.contains("jobhost running"))
+        .unwrap_or_default();
+    for part in [
+        format!("version={}", env!("CARGO_PKG_VERSION")),
+        format!("queue={}", db.display()),
+        "handlers=echo".to_string(),
+        "refused=0".to_string(),
+    ] {
+        assert!(banner.contains(&part), "{part} not in the banner: {stderr}");
+    }
+    let done: Vec<&str> = stderr.lines().filter(|l| l.contains("job done")).collect();
+    assert_eq!(done.len(), 20, "{stderr}");
+    assert!(
+        done.iter()
+            .all(|l| l.contains("job.name=\"echo\"") && l.contains("attempt=1")),
+        "{stderr}"
+    );
+
+    // 3,000 lines are far more than a pipe holds: nobody reads this one.
+    queue.enqueue_now(&jobs(3000))?;
+    let mut child = jobhost_command()?
+        .args(["run", "--drain", "--plugins"])
+        .arg(handlers.path())
+        .arg("--db")
+        .arg(&db)
+        .env_remove("JOBHOST_LOG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let (code, out) = wait_exit(&mut child, Duration::from_secs(120))?;
+    assert_eq!(code, 0, "{out}");
+    let summary: Value = serde_json::from_str(out.trim())?;
+    assert_eq!(summary["done"], 3000, "{summary}");
+    Ok(())
+}
+
 #[test]
 fn the_http_api_answers_with_the_right_status_codes() -> anyhow::Result<()> {
     let handlers = Handlers::new()?;

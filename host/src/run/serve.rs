@@ -177,11 +177,13 @@ async fn serve_sqs(
         grace: config.grace,
     };
     tracing::info!(
+        version = %env!("CARGO_PKG_VERSION"),
         queue = %queue.url(),
         fifo = queue.is_fifo(),
         dead_letter_queue = %queue.dead_letter_queue(),
         visibility_s = run.lease.as_secs(),
-        handlers = dispatcher.plugins().plugins().len(),
+        handlers = %handler_list(&dispatcher),
+        refused = dispatcher.plugins().errors().len(),
         concurrency,
         "jobhost running on SQS"
     );
@@ -241,20 +243,39 @@ async fn serve_sqlite(
             runner.settled(),
         );
         tokio::spawn(crate::run::http::serve(listener, router, stopped.clone()));
-        tracing::info!(%addr, "HTTP API listening");
     }
     let scheduler = Scheduler::new(dispatcher.plugins(), queue.clone(), clock);
     if !scheduler.is_empty() {
         tokio::spawn(scheduler.run(stopped.clone()));
     }
     tracing::info!(
-        db = %db.display(),
-        handlers = dispatcher.plugins().plugins().len(),
+        version = %env!("CARGO_PKG_VERSION"),
+        queue = %db.display(),
+        http = %http.map_or_else(|| "off".to_string(), |addr| format!("http://{addr}")),
+        handlers = %handler_list(&dispatcher),
+        refused = dispatcher.plugins().errors().len(),
         concurrency = run.concurrency,
         lease_s = run.lease.as_secs(),
         "jobhost running"
     );
     Ok(runner.run(stopped).await)
+}
+
+/// The start-up banner's handler list: each handler's job names and version, e.g.
+/// `echo|echo-alias@1.2.0, thumbnail@0.3.0` (a refused handler is logged on its own line,
+/// with why, just before).
+fn handler_list(dispatcher: &Dispatcher) -> String {
+    let handlers: Vec<String> = dispatcher
+        .plugins()
+        .plugins()
+        .iter()
+        .map(|p| format!("{}@{}", p.names.join("|"), p.version))
+        .collect();
+    if handlers.is_empty() {
+        "none".into()
+    } else {
+        handlers.join(", ")
+    }
 }
 
 /// The first signal asks for a graceful stop; a second one fires `interrupt`.

@@ -22,9 +22,11 @@ pub struct Cli {
     /// Log format on stderr.
     #[arg(long, global = true, env = "JOBHOST_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
-    /// Log filter (tracing's env-filter syntax), e.g. `info` or `jobhost=debug`.
-    #[arg(long, global = true, env = "JOBHOST_LOG", default_value = "warn")]
-    pub log: String,
+    /// Log filter (tracing's env-filter syntax), e.g. `info` or `jobhost=debug` (default:
+    /// `warn,jobhost=info` for `run`, a start-up banner and one line per finished job;
+    /// `warn` for the other commands).
+    #[arg(long, global = true, env = "JOBHOST_LOG")]
+    pub log: Option<String>,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,

@@ -18,6 +18,8 @@ use jobhost::dispatch::Delivery;
 use jobhost::engine::{EngineOptions, JobEngine};
 use jobhost::job::Envelope;
 use jobhost::plugin::{ArtifactCache, Loader};
+use tracing_appender::non_blocking::{NonBlocking, WorkerGuard};
+use tracing_subscriber::fmt::writer::BoxMakeWriter;
 
 /// Exit code for a job that did not finish as done.
 pub(crate) const EXIT_NOT_DONE: u8 = 1;
@@ -35,7 +37,20 @@ fn main() -> ExitCode {
     } else {
         Cli::parse()
     };
-    init_tracing(cli.log_format, &cli.log);
+    let filter = cli.log.clone().unwrap_or_else(|| match cli.command {
+        Command::Run(_) => "warn,jobhost=info".into(),
+        _ => "warn".into(),
+    });
+    let (writer, flush) = match cli.command {
+        // A Lambda environment is frozen between invocations: a line still queued when the
+        // answer goes out would wait for the next invocation, so Lambda writes directly.
+        Command::Lambda(_) => (BoxMakeWriter::new(std::io::stderr), None),
+        _ => {
+            let (writer, flush) = non_blocking_stderr();
+            (BoxMakeWriter::new(writer), Some(flush))
+        }
+    };
+    init_tracing(cli.log_format, &filter, writer);
     let result = match cli.command {
         Command::Exec(args) => exec(args),
         Command::Inspect(args) => inspect(args),
@@ -50,13 +65,29 @@ fn main() -> ExitCode {
         Command::Lambda(args) => lambda::run(args),
         Command::Package(args) => package::run(args),
     };
+    // The queued log lines first, then the final error.
+    drop(flush);
     result.unwrap_or_else(|error| {
         eprintln!("error: {error:#}");
         ExitCode::from(EXIT_USAGE)
     })
 }
 
-fn init_tracing(format: LogFormat, filter: &str) {
+/// Lines queued for stderr before new ones are dropped (and counted) rather than block.
+const LOG_QUEUE_LINES: usize = 64 * 1024;
+
+/// Stderr through a background thread: a worker never waits for a slow terminal or a full
+/// pipe (past [`LOG_QUEUE_LINES`] queued lines, new lines are dropped). Dropping the guard
+/// flushes what is queued.
+fn non_blocking_stderr() -> (NonBlocking, WorkerGuard) {
+    tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(true)
+        .buffered_lines_limit(LOG_QUEUE_LINES)
+        .thread_name("jobhost-log")
+        .finish(std::io::stderr())
+}
+
+fn init_tracing(format: LogFormat, filter: &str, writer: BoxMakeWriter) {
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     use tracing_subscriber::Layer as _;
@@ -65,19 +96,21 @@ fn init_tracing(format: LogFormat, filter: &str) {
     // Colour codes only for a terminal: CloudWatch and log files show them as garbage.
     let layer = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
+        .with_writer(writer);
     let layer = match format {
         LogFormat::Text => layer.boxed(),
         LogFormat::Json => layer.json().boxed(),
     };
+    // The level hint lets `log` records below it (Cranelift writes many) be skipped at the
+    // call site: without one, each would go through the whole filter, which made compiling
+    // a handler several times slower.
+    let hint = filter
+        .max_level_hint()
+        .unwrap_or(tracing_subscriber::filter::LevelFilter::TRACE);
+    let echo = tracing_subscriber::filter::filter_fn(|meta| !is_function_error_echo(meta))
+        .with_max_level_hint(hint);
     tracing_subscriber::registry()
-        .with(
-            layer
-                .with_filter(filter)
-                .with_filter(tracing_subscriber::filter::filter_fn(|meta| {
-                    !is_function_error_echo(meta)
-                })),
-        )
+        .with(layer.with_filter(filter).with_filter(echo))
         .init();
 }
 
