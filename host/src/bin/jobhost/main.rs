@@ -74,7 +74,7 @@ fn main() -> ExitCode {
 }
 
 /// Lines queued for stderr before new ones are dropped (and counted) rather than block.
-const LOG_QUEUE_LINES: usize = 64 * 1024;
+const LOG_QUEUE_LINES: usize = 8 * 1024;
 
 /// Stderr through a background thread: a worker never waits for a slow terminal or a full
 /// pipe (past [`LOG_QUEUE_LINES`] queued lines, new lines are dropped). Dropping the guard
