@@ -180,8 +180,11 @@ fn sigterm_lets_running_jobs_finish_and_gives_back_the_rest() -> anyhow::Result<
     Ok(())
 }
 
-#[test]
-fn a_job_past_the_grace_period_does_not_hold_the_host_up() -> anyhow::Result<()> {
+/// `jobhost run` with the given grace period, running one job that spins for 30 s; the
+/// handlers and the folder of the queue live as long as the returned values.
+fn one_long_job_running(
+    grace: &str,
+) -> anyhow::Result<(Handlers, tempfile::TempDir, SqliteQueue, Child)> {
     let handlers = Handlers::new()?;
     handlers.add(fixtures::BUSY, "busy")?;
     handlers.sidecar(
@@ -193,10 +196,16 @@ fn a_job_past_the_grace_period_does_not_hold_the_host_up() -> anyhow::Result<()>
     let db = dir.path().join("q.db");
     let queue = SqliteQueue::open(&db)?;
     queue.enqueue_now(&[NewJob::new("busy", json!({"i": 1, "ms": 30_000}))])?;
-    let mut child = spawn_run(&handlers, &db, &["--concurrency", "1", "--grace", "1s"])?;
+    let child = spawn_run(&handlers, &db, &["--concurrency", "1", "--grace", grace])?;
     wait_for("the job running", Duration::from_secs(60), || {
         Ok(count(&queue, "running")? == 1)
     })?;
+    Ok((handlers, dir, queue, child))
+}
+
+#[test]
+fn a_job_past_the_grace_period_does_not_hold_the_host_up() -> anyhow::Result<()> {
+    let (_handlers, _dir, queue, mut child) = one_long_job_running("1s")?;
     let signalled = Instant::now();
     sigterm(&child)?;
     let (code, out) = wait_exit(&mut child, Duration::from_secs(15))?;
@@ -223,21 +232,7 @@ fn a_job_past_the_grace_period_does_not_hold_the_host_up() -> anyhow::Result<()>
 /// the running job is not lost (its lease expires and it runs again).
 #[test]
 fn a_second_signal_exits_at_once_with_130() -> anyhow::Result<()> {
-    let handlers = Handlers::new()?;
-    handlers.add(fixtures::BUSY, "busy")?;
-    handlers.sidecar(
-        "busy",
-        "toml",
-        "[limits]\ntimeout-ms = 60_000\nfuel = 1_000_000_000_000\n",
-    )?;
-    let dir = tempfile::tempdir()?;
-    let db = dir.path().join("q.db");
-    let queue = SqliteQueue::open(&db)?;
-    queue.enqueue_now(&[NewJob::new("busy", json!({"i": 1, "ms": 30_000}))])?;
-    let mut child = spawn_run(&handlers, &db, &["--concurrency", "1", "--grace", "60s"])?;
-    wait_for("the job running", Duration::from_secs(60), || {
-        Ok(count(&queue, "running")? == 1)
-    })?;
+    let (_handlers, _dir, queue, mut child) = one_long_job_running("60s")?;
     sigterm(&child)?;
     std::thread::sleep(Duration::from_millis(300));
     assert!(
