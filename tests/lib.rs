@@ -601,6 +601,15 @@ pub mod sqs {
         Ok(())
     }
 
+    /// A two-thread runtime, for tests whose async parts run beside blocking work (a
+    /// proxy, a Lambda batch's threads).
+    pub fn threaded_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+        Ok(tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?)
+    }
+
     /// A current-thread runtime for a test's async parts.
     pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         Ok(tokio::runtime::Builder::new_current_thread()

@@ -463,10 +463,7 @@ fn a_job_never_outlives_the_invocation() -> anyhow::Result<()> {
         "toml",
         "[limits]\ntimeout-ms = 60_000\nfuel = 1_000_000_000_000\n",
     )?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
+    let rt = sqs::threaded_runtime()?;
     let client = rt.block_on(sqs::client())?;
     let host = lambda_host(&handlers, client, 2)?;
     let started = Instant::now();
@@ -608,10 +605,7 @@ fn a_manifest_concurrency_limit_holds_in_a_lambda_batch() -> anyhow::Result<()> 
     let handlers = Handlers::new()?;
     handlers.add(fixtures::BUSY, "busy")?;
     handlers.sidecar("busy", "toml", "concurrency = 1\n")?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
+    let rt = sqs::threaded_runtime()?;
     let host = lambda_host(&handlers, rt.block_on(sqs::client())?, 4)?;
     // Done records need no SQS call, so the source queue need not exist.
     let records: Vec<Value> = (0..4)
@@ -645,10 +639,7 @@ fn a_manifest_concurrency_limit_holds_in_a_lambda_batch() -> anyhow::Result<()> 
 #[test]
 fn a_lambda_batch_sends_its_follow_up_jobs_in_batches() -> anyhow::Result<()> {
     let proxy = sqs::CountingProxy::start()?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
+    let rt = sqs::threaded_runtime()?;
     let client = rt.block_on(sqs::client())?;
     let queue = rt.block_on(sqs::queue_pair(&client, "fanout", 30, false))?;
     let bodies: Vec<String> = (0..10)

@@ -263,10 +263,7 @@ fn body(delivered: &Delivered) -> &[u8] {
 fn fifo_groups_run_in_order_and_a_failure_holds_the_rest_of_its_group() -> anyhow::Result<()> {
     let handlers = handlers()?;
     let dispatcher = Arc::new(handlers.dispatcher()?);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
+    let rt = sqs::threaded_runtime()?;
     let order = rt.block_on(async {
         let client = sqs::client().await?;
         let pair = sqs::queue_pair(&client, "fifo", 10, true).await?;
@@ -446,10 +443,7 @@ impl Proxy {
 
 #[test]
 fn the_host_rides_out_the_sqs_server_going_away_and_loses_nothing() -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
+    let rt = sqs::threaded_runtime()?;
     let client = rt.block_on(sqs::client())?;
     let queue = rt.block_on(sqs::queue_pair(&client, "outage", 5, false))?;
     let bodies: Vec<String> = (0..300)
