@@ -14,6 +14,7 @@ pub mod config;
 pub mod dispatch;
 pub mod engine;
 pub mod job;
+pub mod metrics;
 pub mod plugin;
 pub mod queue;
 pub mod run;

@@ -5,7 +5,7 @@
 use std::io::{Read as _, Write as _};
 use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Child, Stdio};
+use std::process::Child;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -29,11 +29,13 @@ fn emulator() -> anyhow::Result<String> {
 struct Function {
     child: Child,
     log: tempfile::NamedTempFile,
+    out: tempfile::NamedTempFile,
 }
 
 impl Function {
     fn start(plugins: &Path, extra_env: &[(&str, &str)]) -> anyhow::Result<Self> {
         let log = tempfile::NamedTempFile::new()?;
+        let out = tempfile::NamedTempFile::new()?;
         let mut command = jobhost_command()?;
         sqs::aws_env(&mut command)?;
         command
@@ -44,16 +46,27 @@ impl Function {
             .env("JOBHOST_PLUGINS", plugins)
             .env("JOBHOST_LOG", "info")
             .envs(extra_env.iter().copied())
-            .stdout(Stdio::null())
+            .stdout(out.reopen()?)
             .stderr(log.reopen()?);
         Ok(Self {
             child: command.spawn()?,
             log,
+            out,
         })
     }
 
     fn log(&self) -> String {
         std::fs::read_to_string(self.log.path()).unwrap_or_default()
+    }
+
+    /// The embedded-metric-format lines printed on stdout so far.
+    fn metric_lines(&self) -> Vec<Value> {
+        std::fs::read_to_string(self.out.path())
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|v| v.get("_aws").is_some())
+            .collect()
     }
 
     /// Invokes the function through the emulator; returns (status, body).
@@ -180,6 +193,42 @@ fn an_sqs_batch_reports_exactly_the_records_to_deliver_again() -> anyhow::Result
     let mut expected = vec![ids[2].clone(), ids[4].clone()];
     expected.sort();
     assert_eq!(failures(&response), expected, "{response}");
+    // One CloudWatch metric line per record run (not the one hidden until it is due).
+    let mut metrics: Vec<String> = function
+        .metric_lines()
+        .iter()
+        .map(|m| {
+            let declared = &m["_aws"]["CloudWatchMetrics"][0];
+            assert_eq!(declared["Namespace"], "jobhost", "{m}");
+            assert_eq!(
+                declared["Dimensions"],
+                json!([["job", "outcome", "reason"]]),
+                "{m}"
+            );
+            assert_eq!(m["JobsFinished"], 1, "{m}");
+            assert!(
+                m["RunTime"].as_f64().is_some() && m["WaitTime"].as_f64().is_some(),
+                "{m}"
+            );
+            format!(
+                "{} {} {}",
+                m["job"].as_str().unwrap_or("?"),
+                m["outcome"].as_str().unwrap_or("?"),
+                m["reason"].as_str().unwrap_or("?")
+            )
+        })
+        .collect();
+    metrics.sort();
+    assert_eq!(
+        metrics,
+        [
+            "(unknown) dead-letter malformed",
+            "echo done none",
+            "echo done none",
+            "permanent dead-letter permanent",
+            "transient retry transient"
+        ]
+    );
 
     let dead = rt.block_on(sqs::receive_all(&client, &queue.dlq_url))?;
     let mut reasons: Vec<&str> = dead
@@ -589,6 +638,7 @@ fn lambda_host(
         dlq_url: None,
         concurrency,
         margin: Duration::from_millis(200),
+        metrics_namespace: None,
     };
     Ok(LambdaHost::new(
         std::sync::Arc::new(handlers.dispatcher()?),

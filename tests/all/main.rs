@@ -8,6 +8,7 @@ mod hostile;
 mod http;
 mod lambda;
 mod loading;
+mod operate;
 mod outcomes;
 mod poison;
 mod process;

@@ -447,3 +447,52 @@ fn the_runner_drains_a_real_queue_file() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// The first schema this project shipped (version 1), as a user's queue file has it.
+const SCHEMA_V1: &str = "
+CREATE TABLE jobs (
+    seq INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, name TEXT NOT NULL, payload TEXT NOT NULL,
+    body TEXT, state TEXT NOT NULL, priority INTEGER NOT NULL DEFAULT 0, run_at INTEGER NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0, max_attempts INTEGER, lease_owner TEXT, lease_until INTEGER,
+    unique_key TEXT, last_error TEXT, reason TEXT, output TEXT, progress TEXT, parent_id TEXT,
+    created_at INTEGER NOT NULL, updated_at INTEGER NOT NULL, finished_at INTEGER
+);
+CREATE INDEX jobs_due ON jobs (priority DESC, run_at, seq) WHERE state = 'queued';
+CREATE INDEX jobs_leased ON jobs (lease_until) WHERE state = 'running';
+CREATE INDEX jobs_done ON jobs (finished_at) WHERE state = 'done';
+CREATE INDEX jobs_state_name ON jobs (state, name);
+CREATE UNIQUE INDEX jobs_unique ON jobs (unique_key)
+    WHERE unique_key IS NOT NULL AND state IN ('queued', 'running');
+CREATE TABLE schedule_ticks (key TEXT PRIMARY KEY, job_id TEXT NOT NULL, created_at INTEGER NOT NULL);
+INSERT INTO jobs (id, name, payload, state, run_at, created_at, updated_at)
+    VALUES ('old-job', 'echo', '{\"message\": \"from v1\"}', 'queued', 0, 0, 0);
+PRAGMA user_version = 1;
+";
+
+#[test]
+fn a_version_1_queue_file_is_migrated_and_its_jobs_run() -> anyhow::Result<()> {
+    let db = Db::new()?;
+    let path = db.dir.path().join("q.db");
+    rusqlite::Connection::open(&path)?.execute_batch(SCHEMA_V1)?;
+    let queue = db.open()?;
+    let claimed = queue.claim(10, LEASE)?;
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(claimed[0].id, "old-job");
+    let mut done = Settlement::new(
+        claimed[0].clone(),
+        Outcome::Done { output: None },
+        queue.clock().now(),
+    );
+    done.cost.fuel = 1234;
+    done.cost.run = Duration::from_millis(7);
+    settle_with(&queue, done)?;
+    let record = queue.get("old-job")?.expect("kept");
+    assert_eq!(record.state, "done");
+    assert_eq!(record.cost.map(|c| (c.fuel, c.run_ms)), Some((1234, 7.0)));
+    assert!(queue.stats()?.paused.is_empty());
+    let version: i64 =
+        rusqlite::Connection::open(&path)?
+            .pragma_query_value(None, "user_version", |r| r.get(0))?;
+    assert_eq!(version, jobhost::queue::sqlite::SCHEMA_VERSION);
+    Ok(())
+}

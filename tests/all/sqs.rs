@@ -675,3 +675,36 @@ fn drain_exits_within_one_long_poll_of_the_last_job() -> anyhow::Result<()> {
     assert_eq!(summary["done"].as_u64(), Some(200), "{summary}");
     Ok(())
 }
+
+#[test]
+fn the_sqs_poller_serves_its_metrics_on_a_listener_of_their_own() -> anyhow::Result<()> {
+    let rt = sqs::runtime()?;
+    let client = rt.block_on(sqs::client())?;
+    let queue = rt.block_on(sqs::queue_pair(&client, "metrics", 30, false))?;
+    let handlers = handlers()?;
+    let port = crate::process::free_port()?;
+    let _host = Host::start(
+        &handlers,
+        &queue,
+        &["--metrics", &format!("127.0.0.1:{port}")],
+    )?;
+    let mut bodies: Vec<String> = (0..5)
+        .map(|i| json!({"job": "echo", "payload": {"message": format!("m{i}")}}).to_string())
+        .collect();
+    bodies.push(json!({"job": "permanent", "payload": {}}).to_string());
+    rt.block_on(sqs::send_raw(&client, &queue.url, &bodies))?;
+    rt.block_on(until_empty(&client, &queue.url, Duration::from_secs(30)))?;
+    let (status, _, text) = crate::operate::get_text(port, "/metrics")?;
+    assert_eq!(status, 200);
+    for line in [
+        r#"jobhost_jobs_finished_total{job_name="echo",outcome="done",reason=""} 5"#,
+        r#"jobhost_jobs_finished_total{job_name="permanent",outcome="dead-letter",reason="permanent"} 1"#,
+        r#"jobhost_job_wait_seconds_count{job_name="echo"} 5"#,
+        "jobhost_jobs_in_flight 0",
+    ] {
+        assert!(text.lines().any(|l| l == line), "no `{line}` in:\n{text}");
+    }
+    // No queue gauges: SQS shows no message without receiving it.
+    assert!(!text.contains("jobhost_jobs{"), "{text}");
+    Ok(())
+}

@@ -78,6 +78,7 @@ fn start(handlers: &Handlers, runtime: &tokio::runtime::Runtime) -> LambdaHost {
         dlq_url: None,
         concurrency: 2,
         margin: Duration::from_millis(500),
+        metrics_namespace: None,
     };
     LambdaHost::new(dispatcher, Arc::new(SystemClock), client, options)
 }

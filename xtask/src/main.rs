@@ -188,6 +188,8 @@ const APT_PACKAGES: &[&str] = &[
     "wasi-libc",
     "libclang-rt-dev-wasm32",
     "libjsmn-dev",
+    // Scrapes the host in the metrics test.
+    "prometheus",
 ];
 
 impl Tools {
@@ -226,7 +228,8 @@ impl Tools {
         let c_ready = Path::new("/usr/include/wasm32-wasi/stdlib.h").is_file()
             && Path::new("/usr/include/jsmn.h").is_file()
             && Command::new("clang").arg("--version").output().is_ok()
-            && Command::new("wasm-ld").arg("--version").output().is_ok();
+            && Command::new("wasm-ld").arg("--version").output().is_ok()
+            && Command::new("prometheus").arg("--version").output().is_ok();
         if !c_ready {
             let sudo = !Command::new("id")
                 .arg("-u")

@@ -29,6 +29,13 @@ pub trait Inspect: Queue {
 
     /// Counts by job name and state, and the age of the oldest due job.
     fn stats(&self) -> impl Future<Output = Result<Stats, QueueError>> + Send;
+
+    /// Per job name, the run time and fuel of the jobs done since `since_ms` (ms since the
+    /// Unix epoch).
+    fn timings(
+        &self,
+        since_ms: i64,
+    ) -> impl Future<Output = Result<Vec<Timing>, QueueError>> + Send;
 }
 
 /// Changing jobs from outside: `jobhost jobs cancel`, `jobhost dlq redrive|purge`.
@@ -122,6 +129,25 @@ pub struct JobRecord {
     pub updated_at: i64,
     /// Done or dead at.
     pub finished_at: Option<i64>,
+    /// When its latest attempt started.
+    pub started_at: Option<i64>,
+    /// What its latest attempt cost (none before it first ran).
+    pub cost: Option<CostRecord>,
+    /// A cancellation was asked for while it ran; the host running it stops it.
+    pub cancel_requested: bool,
+}
+
+/// What a job's latest attempt cost, as stored.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct CostRecord {
+    /// Fuel consumed (about one unit per wasm instruction).
+    pub fuel: u64,
+    /// Time in the handler, including instantiation, in milliseconds.
+    pub run_ms: f64,
+    /// From due to started, in milliseconds.
+    pub wait_ms: Option<i64>,
+    /// The most linear memory the job held at once, in bytes.
+    pub peak_memory_bytes: u64,
 }
 
 /// Counts for `jobhost stats`.
@@ -131,6 +157,49 @@ pub struct Stats {
     pub counts: Vec<(String, String, u64)>,
     /// Age of the oldest due queued job, in milliseconds.
     pub oldest_queued_age_ms: Option<i64>,
+    /// Paused job names.
+    pub paused: Vec<String>,
+}
+
+/// The run time and fuel of one job name's done jobs over a period (nearest-rank
+/// percentiles).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Timing {
+    /// The job name.
+    pub name: String,
+    /// Jobs done in the period.
+    pub jobs: u64,
+    /// Median run time, in milliseconds.
+    pub run_ms_p50: f64,
+    /// 95th percentile run time, in milliseconds.
+    pub run_ms_p95: f64,
+    /// Median fuel.
+    pub fuel_p50: u64,
+    /// 95th percentile fuel.
+    pub fuel_p95: u64,
+}
+
+impl Timing {
+    /// The timing of `name` from `(run_us, fuel)` samples (none when there are none).
+    pub fn of(name: String, mut samples: Vec<(i64, i64)>) -> Option<Self> {
+        if samples.is_empty() {
+            return None;
+        }
+        let rank = |p: f64, n: usize| ((p * n as f64).ceil() as usize).clamp(1, n) - 1;
+        let n = samples.len();
+        samples.sort_unstable_by_key(|s| s.0);
+        let (run_50, run_95) = (samples[rank(0.5, n)].0, samples[rank(0.95, n)].0);
+        samples.sort_unstable_by_key(|s| s.1);
+        let (fuel_50, fuel_95) = (samples[rank(0.5, n)].1, samples[rank(0.95, n)].1);
+        Some(Self {
+            name,
+            jobs: n as u64,
+            run_ms_p50: run_50 as f64 / 1000.0,
+            run_ms_p95: run_95 as f64 / 1000.0,
+            fuel_p50: fuel_50.unsigned_abs(),
+            fuel_p95: fuel_95.unsigned_abs(),
+        })
+    }
 }
 
 /// What `cancel` did.

@@ -109,6 +109,7 @@ impl Queue for MemoryQueue {
                         not_before: None,
                     }),
                     group: None,
+                    due: Some(entry.run_at),
                 });
             }
         }

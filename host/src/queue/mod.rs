@@ -121,6 +121,21 @@ pub struct Delivered {
     /// Its ordering group (SQS FIFO): deliveries of one group run one at a time, in the
     /// order received, and a failure gives the rest of the group back unstarted.
     pub group: Option<String>,
+    /// When it became due, when the queue knows (its wait time counts from here).
+    pub due: Option<SystemTime>,
+}
+
+/// What one run of a job cost.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Cost {
+    /// Fuel consumed.
+    pub fuel: u64,
+    /// Time in the handler, including instantiation.
+    pub run: Duration,
+    /// From due to started, when the queue knows when it was due.
+    pub wait: Option<Duration>,
+    /// The most linear memory held at once, in bytes.
+    pub peak_memory: u64,
 }
 
 /// A delivery and what to do with it: its [`Outcome`], and what a done job leaves behind.
@@ -137,6 +152,10 @@ pub struct Settlement {
     pub progress: Option<Progress>,
     /// Follow-up jobs, committed only with a done job.
     pub children: Vec<NewJob>,
+    /// The job name, when the message had one.
+    pub job: Option<String>,
+    /// What the run cost.
+    pub cost: Cost,
 }
 
 impl Settlement {
@@ -148,6 +167,8 @@ impl Settlement {
             at,
             progress: None,
             children: Vec::new(),
+            job: None,
+            cost: Cost::default(),
         }
     }
 
@@ -161,12 +182,20 @@ impl Settlement {
                 .collect(),
             _ => Vec::new(),
         };
+        let cost = Cost {
+            fuel: report.fuel,
+            run: report.duration,
+            wait: None,
+            peak_memory: report.peak_memory,
+        };
         Self {
             delivered,
             outcome: report.outcome,
             at,
             progress: report.progress.last().cloned(),
             children,
+            job: report.job_name,
+            cost,
         }
     }
 

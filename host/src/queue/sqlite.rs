@@ -14,14 +14,15 @@ use rusqlite::{Connection, OptionalExtension as _, Transaction, params};
 use serde_json::Value;
 
 use super::{
-    Administer, CancelResult, Delivered, Enqueued, Inspect, JobFilter, JobRecord, Message, NewJob,
-    Queue, QueueError, Redrive, ReleaseUncounted, Settlement, Stats, Ticks,
+    Administer, CancelResult, CostRecord, Delivered, Enqueued, Inspect, JobFilter, JobRecord,
+    Message, NewJob, Queue, QueueError, Redrive, ReleaseUncounted, Settlement, Stats, Ticks,
+    Timing,
 };
-use crate::clock::{Clock, SystemClock, to_ms};
+use crate::clock::{Clock, SystemClock, from_ms, to_ms};
 use crate::job::{Envelope, Outcome};
 
 /// The schema version this build writes; older files are migrated, newer ones refused.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 /// How often expired leases are looked for, at most.
 const RECLAIM_EVERY_MS: i64 = 500;
 /// How often done jobs are pruned, at most.
@@ -49,7 +50,14 @@ CREATE TABLE IF NOT EXISTS jobs (
     parent_id    TEXT,
     created_at   INTEGER NOT NULL,
     updated_at   INTEGER NOT NULL,
-    finished_at  INTEGER
+    finished_at  INTEGER,
+    started_at   INTEGER,
+    fuel         INTEGER,
+    run_us       INTEGER,
+    wait_ms      INTEGER,
+    peak_memory  INTEGER,
+    cancel_requested INTEGER NOT NULL DEFAULT 0,
+    traceparent  TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_due ON jobs (priority DESC, run_at, seq) WHERE state = 'queued';
 CREATE INDEX IF NOT EXISTS jobs_leased ON jobs (lease_until) WHERE state = 'running';
@@ -57,6 +65,10 @@ CREATE INDEX IF NOT EXISTS jobs_done ON jobs (finished_at) WHERE state = 'done';
 CREATE INDEX IF NOT EXISTS jobs_state_name ON jobs (state, name);
 CREATE UNIQUE INDEX IF NOT EXISTS jobs_unique ON jobs (unique_key)
     WHERE unique_key IS NOT NULL AND state IN ('queued', 'running');
+CREATE TABLE IF NOT EXISTS paused (
+    name       TEXT PRIMARY KEY,
+    since      INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS schedule_ticks (
     key        TEXT PRIMARY KEY,
     job_id     TEXT NOT NULL,
@@ -213,10 +225,10 @@ impl SqliteQueue {
         let until = now.saturating_add(i64::try_from(lease.as_millis()).unwrap_or(i64::MAX));
         let mut statement = tx.prepare_cached(
             "UPDATE jobs SET state = 'running', attempts = attempts + 1, lease_owner = ?1,
-                 lease_until = ?2, updated_at = ?3
+                 lease_until = ?2, updated_at = ?3, started_at = ?3
              WHERE seq IN (SELECT seq FROM jobs INDEXED BY jobs_due WHERE state = 'queued' AND run_at <= ?3
                            ORDER BY priority DESC, run_at, seq LIMIT ?4)
-             RETURNING id, name, payload, attempts, max_attempts, created_at, body",
+             RETURNING id, name, payload, attempts, max_attempts, created_at, body, run_at",
         )?;
         let rows = statement.query_map(params![self.owner, until, now, max as i64], |row| {
             Ok((
@@ -227,20 +239,16 @@ impl SqliteQueue {
                 row.get::<_, Option<i64>>(4)?,
                 row.get::<_, i64>(5)?,
                 row.get::<_, Option<Vec<u8>>>(6)?,
+                row.get::<_, i64>(7)?,
             ))
         })?;
         let mut delivered = Vec::new();
         for row in rows {
-            let (id, name, payload, attempts, max_attempts, created_at, body) = row?;
-            delivered.push(to_delivered(
-                id,
-                name,
-                &payload,
-                attempts,
-                max_attempts,
-                created_at,
-                body,
-            ));
+            let (id, name, payload, attempts, max_attempts, created_at, body, run_at) = row?;
+            let mut one =
+                to_delivered(id, name, &payload, attempts, max_attempts, created_at, body);
+            one.due = Some(from_ms(run_at));
+            delivered.push(one);
         }
         drop(statement);
         tx.commit()?;
@@ -409,10 +417,46 @@ impl SqliteQueue {
             [now],
             |r| r.get(0),
         )?;
+        let paused = conn
+            .prepare_cached("SELECT name FROM paused ORDER BY name")?
+            .query_map([], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
         Ok(Stats {
             counts,
             oldest_queued_age_ms: oldest.map(|t| now - t),
+            paused,
         })
+    }
+}
+
+impl SqliteQueue {
+    /// Per job name, the run time and fuel percentiles of the jobs done since `since_ms`.
+    pub fn timings_since(&self, since_ms: i64) -> Result<Vec<Timing>, QueueError> {
+        let conn = self.lock();
+        let mut statement = conn.prepare_cached(
+            "SELECT name, run_us, fuel FROM jobs INDEXED BY jobs_done
+             WHERE state = 'done' AND finished_at >= ?1 AND run_us IS NOT NULL",
+        )?;
+        let mut by_name: std::collections::BTreeMap<String, Vec<(i64, i64)>> =
+            std::collections::BTreeMap::new();
+        let rows = statement.query_map([since_ms], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get(1)?,
+                r.get::<_, Option<i64>>(2)?,
+            ))
+        })?;
+        for row in rows {
+            let (name, run_us, fuel) = row?;
+            by_name
+                .entry(name)
+                .or_default()
+                .push((run_us, fuel.unwrap_or(0)));
+        }
+        Ok(by_name
+            .into_iter()
+            .filter_map(|(name, samples)| Timing::of(name, samples))
+            .collect())
     }
 }
 
@@ -460,13 +504,30 @@ fn open_checked(path: &Path) -> Result<Connection, QueueError> {
     Ok(conn)
 }
 
+/// The columns version 2 added to `jobs` (what each run cost, cancellation, trace context).
+const V2_COLUMNS: &str = "
+ALTER TABLE jobs ADD COLUMN started_at INTEGER;
+ALTER TABLE jobs ADD COLUMN fuel INTEGER;
+ALTER TABLE jobs ADD COLUMN run_us INTEGER;
+ALTER TABLE jobs ADD COLUMN wait_ms INTEGER;
+ALTER TABLE jobs ADD COLUMN peak_memory INTEGER;
+ALTER TABLE jobs ADD COLUMN cancel_requested INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE jobs ADD COLUMN traceparent TEXT;
+";
+
 fn migrate(conn: &Connection) -> Result<(), QueueError> {
-    // Both are no-ops on an up-to-date file, so a host starts on a full disk.
-    conn.execute_batch(SCHEMA)?;
     let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
-    if version != SCHEMA_VERSION {
-        conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+    if version == SCHEMA_VERSION {
+        // Nothing to write, so a host starts on a full disk.
+        return Ok(());
     }
+    let tx = conn.unchecked_transaction()?;
+    if version == 1 {
+        tx.execute_batch(V2_COLUMNS)?;
+    }
+    tx.execute_batch(SCHEMA)?;
+    tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+    tx.commit()?;
     Ok(())
 }
 
@@ -542,22 +603,33 @@ fn settle_one(
     now: i64,
 ) -> Result<(), QueueError> {
     let id = &settlement.delivered.id;
+    let cost = &settlement.cost;
+    let (fuel, run_us, peak) = (
+        i64::try_from(cost.fuel).unwrap_or(i64::MAX),
+        i64::try_from(cost.run.as_micros()).unwrap_or(i64::MAX),
+        i64::try_from(cost.peak_memory).unwrap_or(i64::MAX),
+    );
+    let wait_ms = cost
+        .wait
+        .map(|w| i64::try_from(w.as_millis()).unwrap_or(i64::MAX));
     let changed = match &settlement.outcome {
         Outcome::Done { output } => {
             let progress = settlement.progress.as_ref().map(|p| serde_json::to_string(p).unwrap_or_default());
             tx.prepare_cached(
                 "UPDATE jobs SET state = 'done', output = ?1, progress = ?2, finished_at = ?3, updated_at = ?3,
-                     lease_owner = NULL, lease_until = NULL, reason = NULL
+                     lease_owner = NULL, lease_until = NULL, reason = NULL,
+                     fuel = ?6, run_us = ?7, wait_ms = ?8, peak_memory = ?9
                  WHERE id = ?4 AND state = 'running' AND lease_owner = ?5",
             )?
-            .execute(params![output, progress, now, id, owner])?
+            .execute(params![output, progress, now, id, owner, fuel, run_us, wait_ms, peak])?
         }
         Outcome::Retry {
             reason, message, ..
         } => tx
             .prepare_cached(
                 "UPDATE jobs SET state = 'queued', run_at = ?1, reason = ?2, last_error = ?3, updated_at = ?4,
-                     lease_owner = NULL, lease_until = NULL, attempts = MAX(attempts - ?7, 0)
+                     lease_owner = NULL, lease_until = NULL, attempts = MAX(attempts - ?7, 0),
+                     fuel = ?8, run_us = ?9, wait_ms = ?10, peak_memory = ?11
                  WHERE id = ?5 AND state = 'running' AND lease_owner = ?6",
             )?
             .execute(params![
@@ -567,15 +639,20 @@ fn settle_one(
                 now,
                 id,
                 owner,
-                i64::from(!reason.counts_attempt())
+                i64::from(!reason.counts_attempt()),
+                fuel,
+                run_us,
+                wait_ms,
+                peak
             ])?,
         Outcome::DeadLetter { reason, message } => tx
             .prepare_cached(
                 "UPDATE jobs SET state = 'dead', reason = ?1, last_error = ?2, finished_at = ?3, updated_at = ?3,
-                     lease_owner = NULL, lease_until = NULL
+                     lease_owner = NULL, lease_until = NULL,
+                     fuel = ?6, run_us = ?7, wait_ms = ?8, peak_memory = ?9
                  WHERE id = ?4 AND state = 'running' AND lease_owner = ?5",
             )?
-            .execute(params![reason.as_str(), message, now, id, owner])?,
+            .execute(params![reason.as_str(), message, now, id, owner, fuel, run_us, wait_ms, peak])?,
     };
     if changed == 0 {
         // The lease expired and another worker took the job: its result wins.
@@ -619,11 +696,13 @@ fn to_delivered(
         attempt,
         message,
         group: None,
+        due: None,
     }
 }
 
 const RECORD_COLUMNS: &str = "id, name, payload, body, state, priority, run_at, attempts, max_attempts, lease_owner,
-    lease_until, unique_key, last_error, reason, output, progress, parent_id, created_at, updated_at, finished_at";
+    lease_until, unique_key, last_error, reason, output, progress, parent_id, created_at, updated_at, finished_at,
+    started_at, fuel, run_us, wait_ms, peak_memory, cancel_requested";
 
 fn to_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<JobRecord> {
     let payload: String = row.get(2)?;
@@ -651,6 +730,20 @@ fn to_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<JobRecord> {
         created_at: row.get(17)?,
         updated_at: row.get(18)?,
         finished_at: row.get(19)?,
+        started_at: row.get(20)?,
+        cost: match (
+            row.get::<_, Option<i64>>(21)?,
+            row.get::<_, Option<i64>>(22)?,
+        ) {
+            (Some(fuel), Some(run_us)) => Some(CostRecord {
+                fuel: fuel.unsigned_abs(),
+                run_ms: run_us as f64 / 1000.0,
+                wait_ms: row.get(23)?,
+                peak_memory_bytes: row.get::<_, Option<i64>>(24)?.unwrap_or(0).unsigned_abs(),
+            }),
+            _ => None,
+        },
+        cancel_requested: row.get(25)?,
     })
 }
 
@@ -709,6 +802,11 @@ impl Inspect for SqliteQueue {
     async fn stats(&self) -> Result<Stats, QueueError> {
         let queue = self.clone();
         blocking(move || queue.stats()).await
+    }
+
+    async fn timings(&self, since_ms: i64) -> Result<Vec<Timing>, QueueError> {
+        let queue = self.clone();
+        blocking(move || queue.timings_since(since_ms)).await
     }
 }
 

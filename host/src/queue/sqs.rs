@@ -324,6 +324,7 @@ impl SqsQueue {
                     group: attrs
                         .get(&MessageSystemAttributeName::MessageGroupId)
                         .cloned(),
+                    sent_ms: attr(MessageSystemAttributeName::SentTimestamp),
                     body: message.body.unwrap_or_default().into_bytes(),
                 })
             })
@@ -810,6 +811,8 @@ pub struct SqsRecord {
     pub first_receive_ms: Option<u64>,
     /// `MessageGroupId` (FIFO queues).
     pub group: Option<String>,
+    /// `SentTimestamp`, in ms since the epoch.
+    pub sent_ms: Option<u64>,
 }
 
 /// Received records sorted by what to do with them now.
@@ -841,6 +844,12 @@ pub fn sort_records(records: Vec<SqsRecord>, now: SystemTime, max_hide: Duration
             attempt: u32::try_from(attempt).unwrap_or(u32::MAX),
             message: Message::Raw(record.body),
             group: record.group,
+            // Known for a first delivery only: a retry became due when its visibility
+            // timeout (its backoff) ended, which SQS does not say.
+            due: (record.receives == 1)
+                .then(|| not_before.max(record.sent_ms))
+                .flatten()
+                .map(|ms| UNIX_EPOCH + Duration::from_millis(ms)),
         };
         if let Some(due) = not_before.filter(|due| *due > now) {
             blocked.extend(delivered.group.clone());

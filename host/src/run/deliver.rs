@@ -16,6 +16,7 @@ use std::time::SystemTime;
 
 use crate::clock::Clock;
 use crate::dispatch::{Delivery, Dispatcher};
+use crate::metrics::{Metrics, emf_line};
 use crate::queue::{Delivered, Message, Settlement};
 
 /// What became of one delivery of a unit.
@@ -77,6 +78,8 @@ pub struct Executor {
     dispatcher: Arc<Dispatcher>,
     clock: Arc<dyn Clock>,
     gates: HashMap<String, Arc<Gate>>,
+    metrics: Option<Arc<Metrics>>,
+    emf_namespace: Option<String>,
 }
 
 impl Executor {
@@ -99,7 +102,22 @@ impl Executor {
             dispatcher,
             clock,
             gates,
+            metrics: None,
+            emf_namespace: None,
         }
+    }
+
+    /// Counts every delivery in `metrics`.
+    pub fn with_metrics(mut self, metrics: Option<Arc<Metrics>>) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    /// Prints a CloudWatch embedded-metric-format line on stdout for every delivery, in
+    /// `namespace` (Lambda).
+    pub fn with_emf(mut self, namespace: Option<String>) -> Self {
+        self.emf_namespace = namespace;
+        self
     }
 
     /// The dispatcher.
@@ -159,6 +177,10 @@ impl Executor {
         if let Some(gate) = &gate {
             gate.enter();
         }
+        let started = self.clock.now();
+        if let Some(metrics) = &self.metrics {
+            metrics.started();
+        }
         let report = match &delivered.message {
             Message::Envelope(envelope) => self
                 .dispatcher
@@ -168,7 +190,19 @@ impl Executor {
         if let Some(gate) = &gate {
             gate.leave();
         }
-        Settlement::of_report(delivered, report, self.clock.now())
+        let wait = delivered
+            .due
+            .map(|due| started.duration_since(due).unwrap_or_default());
+        let mut settlement = Settlement::of_report(delivered, report, self.clock.now());
+        settlement.cost.wait = wait;
+        if let Some(metrics) = &self.metrics {
+            metrics.finished(&settlement);
+        }
+        if let Some(namespace) = &self.emf_namespace {
+            let job = Metrics::job_label(self.dispatcher.plugins(), settlement.job.as_deref());
+            println!("{}", emf_line(&settlement, job, namespace, settlement.at));
+        }
+        settlement
     }
 }
 

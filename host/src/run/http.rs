@@ -5,6 +5,9 @@
 //!   unknown job name; 400 for a body that is not such a request.
 //! - `GET /jobs/{id}` → the job (state, attempts, progress, output, last error), or 404.
 //!   With `?wait_ms=N` it waits up to N ms (at most 30 s) for the job to finish first.
+//! - `GET /stats` → counts by job name and state, the oldest due job's age, paused names,
+//!   and per job name the p50/p95 run time and fuel of the last hour's done jobs.
+//! - `GET /metrics` → Prometheus/OpenMetrics text (see the README's "Metrics").
 //! - `GET /healthz` → 200.
 
 use std::sync::Arc;
@@ -22,10 +25,57 @@ use tokio::sync::{Notify, watch};
 use crate::clock::Clock;
 use crate::dispatch::{Dispatcher, Rejection};
 use crate::job::{JobRequest, RequestError};
-use crate::queue::{Enqueued, Inspect};
+use crate::metrics::Metrics;
+use crate::queue::{Enqueued, Inspect, QueueError, Stats};
 
 /// The longest `wait_ms` honoured.
 const MAX_WAIT: Duration = Duration::from_secs(30);
+/// The queue gauges of `/metrics` are read from the queue at most this often.
+const QUEUE_GAUGES_MAX_AGE: Duration = Duration::from_secs(5);
+
+/// Reads a queue's stats, for the queue gauges of `/metrics`.
+pub type ReadStats = Arc<
+    dyn Fn() -> futures_util::future::BoxFuture<'static, Result<Stats, QueueError>> + Send + Sync,
+>;
+
+/// The stats reader of a queue that can show its jobs.
+pub fn stats_reader<Q: Inspect>(queue: Arc<Q>) -> ReadStats {
+    Arc::new(move || {
+        let queue = queue.clone();
+        Box::pin(async move { queue.stats().await })
+    })
+}
+
+/// `GET /metrics` alone (`--metrics ADDR`): the host's metrics, with the queue gauges when
+/// `stats` can read them.
+pub fn metrics_router(metrics: Arc<Metrics>, stats: Option<ReadStats>) -> Router {
+    Router::new().route(
+        "/metrics",
+        get(move || {
+            let (metrics, stats) = (metrics.clone(), stats.clone());
+            async move { render_metrics(&metrics, stats.as_ref()).await }
+        }),
+    )
+}
+
+async fn render_metrics(metrics: &Metrics, stats: Option<&ReadStats>) -> Response {
+    if let Some(read) = stats
+        && metrics.queue_stale(QUEUE_GAUGES_MAX_AGE)
+    {
+        match read().await {
+            Ok(stats) => metrics.queue_stats(&stats),
+            Err(error) => tracing::warn!(%error, "cannot read the queue gauges for /metrics"),
+        }
+    }
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            crate::metrics::CONTENT_TYPE,
+        )],
+        metrics.encode(),
+    )
+        .into_response()
+}
 
 struct Api<Q> {
     queue: Arc<Q>,
@@ -60,23 +110,26 @@ pub fn router<Q: Inspect>(
     dispatcher: Arc<Dispatcher>,
     wake: Arc<Notify>,
     settled: Arc<Notify>,
+    metrics: Arc<Metrics>,
 ) -> Router {
     let limit = dispatcher.options().max_body_bytes;
     Router::new()
         .route("/jobs", post(create_job::<Q>))
         .route("/jobs/{id}", get(show_job::<Q>))
+        .route("/stats", get(show_stats::<Q>))
         .route(
             "/healthz",
             get(|| async { axum::Json(json!({"status": "ok"})) }),
         )
         .layer(DefaultBodyLimit::max(limit))
         .with_state(Api {
-            queue,
+            queue: queue.clone(),
             clock,
             dispatcher,
             wake,
             settled,
         })
+        .merge(metrics_router(metrics, Some(stats_reader(queue))))
 }
 
 /// Serves the API on `listener` until `shutdown`.
@@ -153,6 +206,26 @@ async fn create_job<Q: Inspect>(State(api): State<Api<Q>>, body: Bytes) -> Respo
                 axum::Json(json!({"id": id, "duplicate": duplicate})),
             )
                 .into_response()
+        }
+        Err(e) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({"error": e.to_string()}),
+        ),
+    }
+}
+
+async fn show_stats<Q: Inspect>(State(api): State<Api<Q>>) -> Response {
+    let hour_ago = crate::clock::to_ms(api.clock.now()) - 3_600_000;
+    let stats = async {
+        let stats = api.queue.stats().await?;
+        let timings = api.queue.timings(hour_ago).await?;
+        Ok::<_, QueueError>((stats, timings))
+    };
+    match stats.await {
+        Ok((stats, timings)) => {
+            let mut body = serde_json::to_value(stats).unwrap_or_default();
+            body["last_hour"] = serde_json::to_value(timings).unwrap_or_default();
+            axum::Json(body).into_response()
         }
         Err(e) => error(
             StatusCode::SERVICE_UNAVAILABLE,

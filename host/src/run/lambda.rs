@@ -93,6 +93,9 @@ pub struct LambdaOptions {
     pub concurrency: usize,
     /// Time kept back from each job's deadline before the invocation's own.
     pub margin: Duration,
+    /// The CloudWatch namespace of the embedded-metric-format line printed for each job;
+    /// none prints no such lines.
+    pub metrics_namespace: Option<String>,
 }
 
 /// The Lambda side of the host: an adapter from Lambda events to the delivery rules the
@@ -116,7 +119,9 @@ impl LambdaHost {
         options: LambdaOptions,
     ) -> Self {
         Self {
-            executor: Arc::new(Executor::new(dispatcher, clock)),
+            executor: Arc::new(
+                Executor::new(dispatcher, clock).with_emf(options.metrics_namespace.clone()),
+            ),
             client,
             options: LambdaOptions {
                 concurrency: options.concurrency.max(1),
@@ -409,6 +414,7 @@ fn read_record(message: SqsMessage) -> Result<(String, SqsRecord), Option<String
         receives: number("ApproximateReceiveCount").unwrap_or(1),
         first_receive_ms: number("ApproximateFirstReceiveTimestamp"),
         group: message.attributes.get("MessageGroupId").cloned(),
+        sent_ms: number("SentTimestamp"),
         body: message.body.unwrap_or_default().into_bytes(),
         id,
         receipt,

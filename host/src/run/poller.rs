@@ -21,6 +21,7 @@ use tokio::sync::{Notify, mpsc, watch};
 use crate::clock::Clock;
 use crate::dispatch::Dispatcher;
 use crate::job::Outcome;
+use crate::metrics::Metrics;
 use crate::queue::{Delivered, Queue, Settlement};
 use crate::run::deliver::{Executor, Ran, units};
 
@@ -143,6 +144,7 @@ pub struct Runner<Q: Queue> {
     options: RunOptions,
     wake: Arc<Notify>,
     settled: Arc<Notify>,
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl<Q: Queue> Runner<Q> {
@@ -160,7 +162,14 @@ impl<Q: Queue> Runner<Q> {
             options,
             wake: Arc::new(Notify::new()),
             settled: Arc::new(Notify::new()),
+            metrics: None,
         }
+    }
+
+    /// Counts every delivery in `metrics`.
+    pub fn with_metrics(mut self, metrics: Option<Arc<Metrics>>) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// Notifies every waiter each time a batch of results has been recorded.
@@ -346,7 +355,10 @@ impl<Q: Queue> Runner<Q> {
         results: mpsc::UnboundedSender<Ran>,
         stopping: Arc<AtomicBool>,
     ) -> Vec<JoinHandle<()>> {
-        let executor = Arc::new(Executor::new(self.dispatcher.clone(), self.clock.clone()));
+        let executor = Arc::new(
+            Executor::new(self.dispatcher.clone(), self.clock.clone())
+                .with_metrics(self.metrics.clone()),
+        );
         (0..self.options.concurrency)
             .filter_map(|index| {
                 let worker = Worker {

@@ -15,6 +15,7 @@ use tokio::sync::{oneshot, watch};
 use crate::clock::SystemClock;
 use crate::config::{HostConfig, StartupError};
 use crate::dispatch::Dispatcher;
+use crate::metrics::Metrics;
 use crate::queue::QueueError;
 use crate::queue::sqlite::{Retention, SqliteQueue};
 use crate::queue::sqs::{SqsOptions, SqsQueue, client_from_env, url_of_name};
@@ -34,6 +35,8 @@ pub struct ServeConfig {
     pub drain: bool,
     /// Grace period for running jobs on shutdown.
     pub grace: Duration,
+    /// Serve `/metrics` on a listener of its own here.
+    pub metrics: Option<SocketAddr>,
 }
 
 /// Which queue `jobhost run` takes jobs from.
@@ -185,9 +188,18 @@ async fn serve_sqs(
         handlers = %handler_list(&dispatcher),
         refused = dispatcher.plugins().errors().len(),
         concurrency,
+        metrics = %config.metrics.map_or_else(|| "off".to_string(), |addr| format!("http://{addr}/metrics")),
         "jobhost running on SQS"
     );
-    let runner = Runner::new(Arc::new(queue), dispatcher, Arc::new(SystemClock), run);
+    let metrics = config
+        .metrics
+        .map(|_| Arc::new(Metrics::new(dispatcher.plugins())));
+    if let (Some(addr), Some(metrics)) = (config.metrics, &metrics) {
+        let router = crate::run::http::metrics_router(metrics.clone(), None);
+        listen(addr, router, &stopped, "metrics").await?;
+    }
+    let runner =
+        Runner::new(Arc::new(queue), dispatcher, Arc::new(SystemClock), run).with_metrics(metrics);
     Ok(runner.run(stopped).await)
 }
 
@@ -222,16 +234,16 @@ async fn serve_sqlite(
     };
     let clock = queue.clock().clone();
     let queue = Arc::new(queue);
+    let metrics = (http.is_some() || config.metrics.is_some())
+        .then(|| Arc::new(Metrics::new(dispatcher.plugins())));
     let runner = Runner::new(
         queue.clone(),
         dispatcher.clone(),
         clock.clone(),
         run.clone(),
-    );
-    if let Some(addr) = *http {
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|source| ServeError::Listen { addr, source })?;
+    )
+    .with_metrics(metrics.clone());
+    if let (Some(addr), Some(metrics)) = (*http, &metrics) {
         if !addr.ip().is_loopback() {
             tracing::warn!(%addr, "the HTTP API has no authentication and listens beyond loopback");
         }
@@ -241,8 +253,14 @@ async fn serve_sqlite(
             dispatcher.clone(),
             runner.waker(),
             runner.settled(),
+            metrics.clone(),
         );
-        tokio::spawn(crate::run::http::serve(listener, router, stopped.clone()));
+        listen(addr, router, &stopped, "HTTP API").await?;
+    }
+    if let (Some(addr), Some(metrics)) = (config.metrics, &metrics) {
+        let stats = crate::run::http::stats_reader(queue.clone());
+        let router = crate::run::http::metrics_router(metrics.clone(), Some(stats));
+        listen(addr, router, &stopped, "metrics").await?;
     }
     let scheduler = Scheduler::new(dispatcher.plugins(), queue.clone(), clock);
     if !scheduler.is_empty() {
@@ -252,6 +270,7 @@ async fn serve_sqlite(
         version = %env!("CARGO_PKG_VERSION"),
         queue = %db.display(),
         http = %http.map_or_else(|| "off".to_string(), |addr| format!("http://{addr}")),
+        metrics = %config.metrics.map_or_else(|| "off".to_string(), |addr| format!("http://{addr}/metrics")),
         handlers = %handler_list(&dispatcher),
         refused = dispatcher.plugins().errors().len(),
         concurrency = run.concurrency,
@@ -259,6 +278,21 @@ async fn serve_sqlite(
         "jobhost running"
     );
     Ok(runner.run(stopped).await)
+}
+
+/// Serves `router` on `addr` until `stopped`.
+async fn listen(
+    addr: SocketAddr,
+    router: axum::Router,
+    stopped: &watch::Receiver<bool>,
+    what: &str,
+) -> Result<(), ServeError> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServeError::Listen { addr, source })?;
+    tracing::debug!(%addr, what, "listening");
+    tokio::spawn(crate::run::http::serve(listener, router, stopped.clone()));
+    Ok(())
 }
 
 /// The start-up banner's handler list: each handler's job names and version, e.g.

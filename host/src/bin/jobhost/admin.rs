@@ -264,13 +264,32 @@ pub fn dlq(command: DlqCommand) -> anyhow::Result<ExitCode> {
 }
 
 pub fn stats(db: DbArgs) -> anyhow::Result<ExitCode> {
-    let stats = block_on(Inspect::stats(&open(&db)?))?;
+    let queue = open(&db)?;
+    let stats = block_on(Inspect::stats(&queue))?;
     for (name, state, count) in &stats.counts {
         println!("{name:<24} {state:<10} {count}");
     }
     match stats.oldest_queued_age_ms {
         Some(ms) => println!("oldest due job waiting: {:.1}s", ms as f64 / 1000.0),
         None => println!("no job is waiting"),
+    }
+    if !stats.paused.is_empty() {
+        println!("paused: {}", stats.paused.join(", "));
+    }
+    let hour_ago = jobhost::clock::to_ms(std::time::SystemTime::now()) - 3_600_000;
+    let timings = block_on(Inspect::timings(&queue, hour_ago))?;
+    if !timings.is_empty() {
+        println!("done in the last hour:");
+        println!(
+            "  {:<22} {:>8} {:>12} {:>12} {:>14} {:>14}",
+            "job", "jobs", "run p50 ms", "run p95 ms", "fuel p50", "fuel p95"
+        );
+        for t in &timings {
+            println!(
+                "  {:<22} {:>8} {:>12.2} {:>12.2} {:>14} {:>14}",
+                t.name, t.jobs, t.run_ms_p50, t.run_ms_p95, t.fuel_p50, t.fuel_p95
+            );
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -289,6 +308,7 @@ fn show_view(record: &JobRecord, rfc3339: bool) -> serde_json::Value {
             "created_at",
             "updated_at",
             "finished_at",
+            "started_at",
         ] {
             if let Some(ms) = view[key].as_i64() {
                 view[key] = rfc3339_of_ms(ms).into();

@@ -95,6 +95,10 @@ pub struct LambdaArgs {
     /// the batch (visibility changes, dead letters, follow-up jobs).
     #[arg(long, env = "JOBHOST_DEADLINE_MARGIN", default_value = "2s", value_parser = parse_delay)]
     pub margin: std::time::Duration,
+    /// The CloudWatch namespace of the embedded-metric-format line printed on stdout for
+    /// each job (an empty value prints none).
+    #[arg(long, env = "JOBHOST_METRICS_NAMESPACE", default_value = "jobhost")]
+    pub metrics_namespace: String,
 }
 
 /// Target architectures of `jobhost package`.
@@ -215,6 +219,10 @@ pub struct RunArgs {
     /// Serve the HTTP API (default address 127.0.0.1:8080).
     #[arg(long, env = "JOBHOST_HTTP", num_args = 0..=1, default_missing_value = "127.0.0.1:8080")]
     pub http: Option<std::net::SocketAddr>,
+    /// Serve Prometheus metrics at `http://ADDR/metrics` on a listener of their own (any
+    /// queue; `--http` serves them too).
+    #[arg(long, env = "JOBHOST_METRICS", value_name = "ADDR")]
+    pub metrics: Option<std::net::SocketAddr>,
     /// How long a claimed job is leased before another worker may take it, at least 1s
     /// (default: the longest handler timeout plus 1m).
     #[arg(long, env = "JOBHOST_LEASE", value_parser = lease)]
@@ -274,6 +282,7 @@ impl RunArgs {
             concurrency: self.concurrency.unwrap_or_else(default_concurrency),
             drain: self.drain,
             grace: self.grace,
+            metrics: self.metrics,
         })
     }
 }

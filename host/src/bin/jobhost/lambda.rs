@@ -142,6 +142,8 @@ pub fn run(args: LambdaArgs) -> anyhow::Result<ExitCode> {
             dlq_url: args.dlq_url.clone(),
             concurrency,
             margin: args.margin,
+            metrics_namespace: (!args.metrics_namespace.is_empty())
+                .then(|| args.metrics_namespace.clone()),
         };
         let host = Arc::new(
             LambdaHost::new(dispatcher.clone(), clock, client, options)

@@ -1,0 +1,230 @@
+//! Operating a running host: its metrics scraped by a real Prometheus, what each job cost,
+//! the stats, live progress, cancellation and pause.
+
+use std::io::{Read as _, Write as _};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Stdio};
+use std::time::Duration;
+
+use jobhost::queue::NewJob;
+use jobhost::queue::sqlite::SqliteQueue;
+use jobhost_tests::{Handlers, fixtures, jobhost_command};
+use serde_json::{Value, json};
+
+use crate::process::{count, free_port, http, spawn_run, wait_exit, wait_for};
+
+/// A GET returning the status, the headers and the body as text.
+pub(crate) fn get_text(port: u16, path: &str) -> anyhow::Result<(u16, String, String)> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let status = response.split_whitespace().nth(1).unwrap_or("0").parse()?;
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    Ok((status, head.to_ascii_lowercase(), body.to_string()))
+}
+
+fn wait_for_http(port: u16) -> anyhow::Result<()> {
+    wait_for("the HTTP API", Duration::from_secs(60), || {
+        Ok(TcpStream::connect(("127.0.0.1", port)).is_ok())
+    })
+}
+
+/// A process killed when dropped.
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Debian's Prometheus on 127.0.0.1, scraping `target` every second.
+fn start_prometheus(dir: &Path, target: u16) -> anyhow::Result<(Killed, u16)> {
+    let port = free_port()?;
+    let config = dir.join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: jobhost\n    static_configs:\n      - targets: ['127.0.0.1:{target}']\n"
+        ),
+    )?;
+    let binary = std::env::var("JOBHOST_TEST_PROMETHEUS").unwrap_or_else(|_| "prometheus".into());
+    let child = std::process::Command::new(&binary)
+        .arg(format!("--config.file={}", config.display()))
+        .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("prometheus.log"))?)
+        .spawn()
+        .map_err(|e| {
+            anyhow::anyhow!("cannot start {binary} (Debian's `prometheus`, installed by `cargo xtask test`): {e}")
+        })?;
+    let child = Killed(child);
+    wait_for("Prometheus to listen", Duration::from_secs(60), || {
+        Ok(TcpStream::connect(("127.0.0.1", port)).is_ok())
+    })?;
+    Ok((child, port))
+}
+
+/// One number from Prometheus's query API (none while the series does not exist).
+fn query(port: u16, promql: &str) -> anyhow::Result<Option<f64>> {
+    let encoded: String = promql
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'_' | b'-' | b'.' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect();
+    let (status, body) = http(port, "GET", &format!("/api/v1/query?query={encoded}"), "")?;
+    anyhow::ensure!(status == 200, "query {promql}: {status} {body}");
+    Ok(body["data"]["result"][0]["value"][1]
+        .as_str()
+        .and_then(|v| v.parse().ok()))
+}
+
+#[test]
+fn prometheus_scrapes_the_job_counts_the_host_drained() -> anyhow::Result<()> {
+    let handlers = Handlers::new()?;
+    handlers.add(fixtures::ECHO, "echo")?;
+    handlers.add(fixtures::PERMANENT, "permanent")?;
+    let dir = tempfile::tempdir()?;
+    let db = dir.path().join("q.db");
+    let queue = SqliteQueue::open(&db)?;
+    let port = free_port()?;
+    let (_prometheus, prometheus) = start_prometheus(dir.path(), port)?;
+    let _host = Killed(spawn_run(
+        &handlers,
+        &db,
+        &["--http", &format!("127.0.0.1:{port}"), "--concurrency", "2"],
+    )?);
+    wait_for_http(port)?;
+    // Jobs arrive while Prometheus scrapes.
+    for batch in 0..5 {
+        let mut jobs: Vec<NewJob> = (0..20)
+            .map(|i| NewJob::new("echo", json!({"message": format!("{batch}-{i}")})))
+            .collect();
+        jobs.push(NewJob::new("permanent", json!({})));
+        queue.enqueue_now(&jobs)?;
+        std::thread::sleep(Duration::from_millis(700));
+    }
+    queue.enqueue_now(&[NewJob::new("no-such-job", json!({}))])?;
+    wait_for("all jobs finished", Duration::from_secs(60), || {
+        Ok(count(&queue, "done")? == 100 && count(&queue, "dead")? == 6)
+    })?;
+    let done = r#"sum(jobhost_jobs_finished_total{job_name="echo",outcome="done"})"#;
+    let permanent = r#"sum(jobhost_jobs_finished_total{outcome="dead-letter",reason="permanent"})"#;
+    let unknown = r#"sum(jobhost_jobs_finished_total{job_name="(unknown)",reason="unknown-job"})"#;
+    let runs = r#"sum(jobhost_job_run_seconds_count{job_name="echo"})"#;
+    let dead = "jobhost_dead_letters";
+    wait_for(
+        "Prometheus to have scraped every finished job",
+        Duration::from_secs(60),
+        || {
+            Ok(query(prometheus, done)? == Some(100.0)
+                && query(prometheus, permanent)? == Some(5.0)
+                && query(prometheus, unknown)? == Some(1.0)
+                && query(prometheus, runs)? == Some(100.0)
+                && query(prometheus, dead)? == Some(6.0))
+        },
+    )
+    .map_err(|e| {
+        let figures: Vec<String> = [done, permanent, unknown, runs, dead]
+            .iter()
+            .map(|q| format!("{q} = {:?}", query(prometheus, q).ok().flatten()))
+            .collect();
+        e.context(figures.join("; "))
+    })?;
+    // The text itself: OpenMetrics, with the handler versions and histograms.
+    let (status, head, text) = get_text(port, "/metrics")?;
+    assert_eq!(status, 200);
+    assert!(
+        head.contains("content-type: application/openmetrics-text"),
+        "{head}"
+    );
+    assert!(
+        text.contains(r#"jobhost_handler_info{handler="echo.wasm",job_name="echo",version="#),
+        "{text}"
+    );
+    assert!(text.contains(r#"jobhost_job_fuel_bucket{le="#), "{text}");
+    assert!(
+        text.contains(r#"jobhost_jobs{job_name="echo",state="done"} 100"#),
+        "{text}"
+    );
+    assert!(text.trim_end().ends_with("# EOF"));
+    Ok(())
+}
+
+#[test]
+fn each_job_keeps_what_it_cost_and_stats_give_percentiles() -> anyhow::Result<()> {
+    let handlers = Handlers::new()?;
+    handlers.add(fixtures::BUSY, "busy")?;
+    let dir = tempfile::tempdir()?;
+    let db = dir.path().join("q.db");
+    let queue = SqliteQueue::open(&db)?;
+    let jobs: Vec<NewJob> = (0..20)
+        .map(|i| NewJob::new("busy", json!({"i": i, "ms": if i >= 18 { 200 } else { 5 }})))
+        .collect();
+    let ids: Vec<String> = queue
+        .enqueue_now(&jobs)?
+        .iter()
+        .map(|e| e.id().to_string())
+        .collect();
+    let mut run = spawn_run(&handlers, &db, &["--drain", "--concurrency", "1"])?;
+    let (code, out) = wait_exit(&mut run, Duration::from_secs(60))?;
+    assert_eq!(code, 0, "{out}");
+
+    let show = jobhost_command()?
+        .args(["jobs", "show", &ids[19], "--db"])
+        .arg(&db)
+        .output()?;
+    assert!(show.status.success(), "{show:?}");
+    let record: Value = serde_json::from_slice(&show.stdout)?;
+    let cost = &record["cost"];
+    assert!(cost["fuel"].as_u64().is_some_and(|f| f > 1_000), "{record}");
+    assert!(
+        cost["run_ms"].as_f64().is_some_and(|ms| ms >= 200.0),
+        "{record}"
+    );
+    assert!(
+        cost["wait_ms"].as_i64().is_some_and(|ms| ms >= 0),
+        "{record}"
+    );
+    assert!(
+        cost["peak_memory_bytes"]
+            .as_u64()
+            .is_some_and(|b| b >= 65_536),
+        "{record}"
+    );
+    // The job that waited behind the 19 others waited longer than the first.
+    let first = queue.get(&ids[0])?.and_then(|r| r.cost).map(|c| c.wait_ms);
+    let last = queue.get(&ids[19])?.and_then(|r| r.cost).map(|c| c.wait_ms);
+    assert!(first < last, "{first:?} {last:?}");
+
+    let stats = jobhost_command()?
+        .args(["stats", "--db"])
+        .arg(&db)
+        .output()?;
+    let text = String::from_utf8_lossy(&stats.stdout);
+    let row = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("busy") && l.split_whitespace().count() == 6)
+        .unwrap_or_else(|| panic!("no timing row: {text}"));
+    let cells: Vec<f64> = row
+        .split_whitespace()
+        .skip(1)
+        .map(|c| c.parse().unwrap_or(-1.0))
+        .collect();
+    assert_eq!(cells[0], 20.0, "{text}");
+    assert!(cells[1] >= 5.0 && cells[1] < 100.0, "p50 run ms: {text}");
+    // Nearest rank: the 19th of 20 sorted, one of the two 200 ms jobs.
+    assert!(cells[2] >= 200.0, "p95 run ms: {text}");
+    assert!(cells[3] > 0.0 && cells[4] >= cells[3], "{text}");
+    Ok(())
+}
