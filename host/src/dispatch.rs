@@ -16,8 +16,8 @@ use crate::job::{DEFAULT_MAX_BODY_BYTES, Envelope, EnvelopeError};
 use crate::job::{Outcome, Reason, Report};
 use crate::job::{RetryPolicy, jitter_rng};
 use crate::plugin::{Plugin, PluginSet};
-use crate::sandbox::Limits;
 use crate::sandbox::{Execution, JobSettings, execute, root_cause};
+use crate::sandbox::{Limits, Live};
 
 /// Host-wide dispatch settings.
 #[derive(Clone, Debug)]
@@ -48,6 +48,8 @@ pub struct Delivery {
     pub limits: Option<Limits>,
     /// Fixes the guest's wall clock (and the job's timestamps) at this time.
     pub wall_clock: Option<SystemTime>,
+    /// Shared with the runner while the job runs: cancellation and live progress.
+    pub live: Option<Arc<Live>>,
 }
 
 /// Why a payload was refused before any handler ran (for enqueue-time checks).
@@ -212,9 +214,18 @@ impl Dispatcher {
             payload_cap: self.options.max_body_bytes,
             grants: &plugin.grants,
             wall_clock: delivery.wall_clock,
+            live: delivery.live.as_ref(),
         };
         let execution = execute(&self.engine, &plugin.pre, &job, &settings);
-        let outcome = classify(&execution, &policy, attempt, limits.output_bytes);
+        let mut outcome = classify(&execution, &policy, attempt, limits.output_bytes);
+        // However a cancelled job ended (the trap at the next epoch tick, or a result it
+        // returned after its HTTP call was aborted), the cancellation wins: its result and
+        // its follow-up jobs are dropped.
+        if delivery.live.as_ref().is_some_and(|l| l.is_cancelled()) {
+            outcome = Outcome::Cancelled {
+                message: "cancelled while running".into(),
+            };
+        }
         let Execution {
             fuel,
             duration,

@@ -228,3 +228,278 @@ fn each_job_keeps_what_it_cost_and_stats_give_percentiles() -> anyhow::Result<()
     assert!(cells[3] > 0.0 && cells[4] >= cells[3], "{text}");
     Ok(())
 }
+
+/// A `jobhost run --http` on a free loopback port, killed when dropped.
+struct Served {
+    _child: Killed,
+    port: u16,
+    queue: SqliteQueue,
+    _dir: tempfile::TempDir,
+}
+
+impl Served {
+    fn start(handlers: &Handlers, extra: &[&str]) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let db = dir.path().join("q.db");
+        let queue = SqliteQueue::open(&db)?;
+        let port = free_port()?;
+        let mut args = vec!["--http".to_string(), format!("127.0.0.1:{port}")];
+        args.extend(extra.iter().map(|a| a.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let child = Killed(spawn_run(handlers, &db, &args)?);
+        wait_for_http(port)?;
+        Ok(Self {
+            _child: child,
+            port,
+            queue,
+            _dir: dir,
+        })
+    }
+
+    fn db(&self) -> std::path::PathBuf {
+        self._dir.path().join("q.db")
+    }
+
+    fn enqueue(&self, job: NewJob) -> anyhow::Result<String> {
+        Ok(self.queue.enqueue_now(&[job])?[0].id().to_string())
+    }
+
+    fn job(&self, id: &str) -> anyhow::Result<Value> {
+        let (status, body) = http(self.port, "GET", &format!("/jobs/{id}"), "")?;
+        anyhow::ensure!(status == 200, "GET /jobs/{id}: {status} {body}");
+        Ok(body)
+    }
+
+    fn wait_running(&self, id: &str) -> anyhow::Result<()> {
+        wait_for("the job to run", Duration::from_secs(30), || {
+            Ok(self.job(id)?["state"] == "running")
+        })
+    }
+
+    /// Waits for the job to finish; returns it and how long that took.
+    fn wait_finished(&self, id: &str) -> anyhow::Result<(Value, Duration)> {
+        let started = std::time::Instant::now();
+        let (status, body) = http(self.port, "GET", &format!("/jobs/{id}?wait_ms=30000"), "")?;
+        anyhow::ensure!(status == 200, "{status} {body}");
+        Ok((body, started.elapsed()))
+    }
+}
+
+#[test]
+fn progress_is_visible_while_the_job_runs() -> anyhow::Result<()> {
+    let handlers = Handlers::new()?;
+    handlers.add(fixtures::BUSY, "busy")?;
+    let host = Served::start(&handlers, &[])?;
+    let id = host.enqueue(NewJob::new("busy", json!({"i": 1, "ms": 3000})))?;
+    host.wait_running(&id)?;
+    let mut seen = Vec::new();
+    while seen.len() < 50 {
+        let job = host.job(&id)?;
+        if job["state"] != "running" {
+            break;
+        }
+        if let Some(done) = job["progress"]["done"].as_u64()
+            && seen.last() != Some(&done)
+        {
+            assert_eq!(job["progress"]["total"], 3000, "{job}");
+            seen.push(done);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Written through while it ran, and not more often than every 250 ms: over about 3 s,
+    // a handful of distinct values, rising.
+    assert!(seen.len() >= 4, "progress seen while running: {seen:?}");
+    assert!(seen.windows(2).all(|w| w[0] < w[1]), "{seen:?}");
+    let show = jobhost_command()?
+        .args(["jobs", "show", &id, "--json", "--db"])
+        .arg(host.db())
+        .output()?;
+    let shown: Value = serde_json::from_slice(&show.stdout)?;
+    assert!(shown["progress"]["done"].as_u64().is_some(), "{shown}");
+    let (job, _) = host.wait_finished(&id)?;
+    assert_eq!(job["state"], "done");
+    Ok(())
+}
+
+#[test]
+fn a_running_job_is_cancelled_from_the_api_and_from_another_process() -> anyhow::Result<()> {
+    let handlers = Handlers::new()?;
+    handlers.add(fixtures::BUSY, "busy")?;
+    handlers.add(fixtures::ECHO, "echo")?;
+    let host = Served::start(&handlers, &[])?;
+
+    // Through the API of the process running it: stopped within about an epoch tick.
+    let id = host.enqueue(NewJob::new(
+        "busy",
+        json!({"i": 1, "ms": 60_000, "children": 3}),
+    ))?;
+    host.wait_running(&id)?;
+    let asked = std::time::Instant::now();
+    let (status, body) = http(host.port, "DELETE", &format!("/jobs/{id}"), "")?;
+    assert_eq!(
+        (status, body["cancelled"].as_str()),
+        (200, Some("running")),
+        "{body}"
+    );
+    let (job, _) = host.wait_finished(&id)?;
+    let took = asked.elapsed();
+    assert_eq!(job["state"], "cancelled", "{job}");
+    assert_eq!(job["last_error"], "cancelled while running", "{job}");
+    assert_eq!(job["attempts"], 1, "not retried: {job}");
+    assert!(
+        took < Duration::from_secs(2),
+        "stopped {took:?} after the request"
+    );
+    // Its follow-up jobs were not committed.
+    assert!(host.queue.list(None, Some("echo"), 10)?.is_empty());
+
+    // From another process (the CLI), through the queue file.
+    let id = host.enqueue(NewJob::new("busy", json!({"i": 2, "ms": 60_000})))?;
+    host.wait_running(&id)?;
+    let asked = std::time::Instant::now();
+    let out = jobhost_command()?
+        .args(["jobs", "cancel", &id, "--db"])
+        .arg(host.db())
+        .output()?;
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("it is running"),
+        "{out:?}"
+    );
+    let (job, _) = host.wait_finished(&id)?;
+    let took = asked.elapsed();
+    assert_eq!(job["state"], "cancelled", "{job}");
+    assert!(
+        took < Duration::from_secs(2),
+        "stopped {took:?} after the request"
+    );
+
+    // A queued job is cancelled at once; a finished one cannot be.
+    host.queue.pause("busy")?;
+    let queued = host.enqueue(NewJob::new("busy", json!({"i": 3})))?;
+    let (status, body) = http(host.port, "DELETE", &format!("/jobs/{queued}"), "")?;
+    assert_eq!(
+        (status, body["cancelled"].as_str()),
+        (200, Some("queued")),
+        "{body}"
+    );
+    let (status, _) = http(host.port, "DELETE", &format!("/jobs/{queued}"), "")?;
+    assert_eq!(status, 409);
+    let (status, _) = http(host.port, "DELETE", "/jobs/no-such-job", "")?;
+    assert_eq!(status, 404);
+
+    // The host kept running other jobs.
+    let echo = host.enqueue(NewJob::new("echo", json!({"message": "still here"})))?;
+    assert_eq!(host.wait_finished(&echo)?.0["state"], "done");
+    Ok(())
+}
+
+#[test]
+fn cancelling_aborts_an_outbound_http_call_in_flight() -> anyhow::Result<()> {
+    // A server that accepts and never answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let silent_port = silent.local_addr()?.port();
+    let handlers = Handlers::new()?;
+    handlers.add(fixtures::HTTP_PROBE, "http-probe")?;
+    handlers.sidecar(
+        "http-probe",
+        "toml",
+        &format!("[grants.http]\nallow = [\"127.0.0.1:{silent_port}\"]\ntimeout-ms = 60_000\n"),
+    )?;
+    let host = Served::start(&handlers, &[])?;
+    let calls = json!([{"method": "GET", "url": format!("http://127.0.0.1:{silent_port}/never")}]);
+    let id = host.enqueue(NewJob::new("http-probe", calls))?;
+    host.wait_running(&id)?;
+    // Let the request reach the server.
+    let _accepted = silent.accept()?;
+    let asked = std::time::Instant::now();
+    let (status, _) = http(host.port, "DELETE", &format!("/jobs/{id}"), "")?;
+    assert_eq!(status, 200);
+    let (job, _) = host.wait_finished(&id)?;
+    let took = asked.elapsed();
+    assert_eq!(job["state"], "cancelled", "{job}");
+    assert!(
+        took < Duration::from_secs(2),
+        "stopped {took:?} after the request, not at the 60 s timeout"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_paused_job_name_stays_queued_until_resumed() -> anyhow::Result<()> {
+    let handlers = Handlers::new()?;
+    handlers.add(fixtures::ECHO, "echo")?;
+    handlers.add(fixtures::BUSY, "busy")?;
+    let dir = tempfile::tempdir()?;
+    let db = dir.path().join("q.db");
+    let cli = |args: &[&str]| -> anyhow::Result<String> {
+        let out = jobhost_command()?
+            .args(args)
+            .arg("--db")
+            .arg(&db)
+            .output()?;
+        anyhow::ensure!(out.status.success(), "{args:?}: {out:?}");
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let queue = SqliteQueue::open(&db)?;
+    assert!(cli(&["pause", "echo"])?.starts_with("paused echo"));
+    queue.enqueue_now(&[
+        NewJob::new("echo", json!({"message": "a"})),
+        NewJob::new("echo", json!({"message": "b"})),
+        NewJob::new("busy", json!({"i": 1})),
+    ])?;
+    // --drain ends with the paused jobs still queued: they are not due for this host.
+    let mut run = spawn_run(&handlers, &db, &["--drain"])?;
+    let (code, out) = wait_exit(&mut run, Duration::from_secs(60))?;
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(count(&queue, "done")?, 1);
+    assert_eq!(count(&queue, "queued")?, 2);
+    assert!(cli(&["stats"])?.contains("paused: echo"));
+
+    // Resumed through the API of a running host.
+    let port = free_port()?;
+    let _host = Killed(spawn_run(
+        &handlers,
+        &db,
+        &["--http", &format!("127.0.0.1:{port}")],
+    )?);
+    wait_for_http(port)?;
+    let (status, body) = http(port, "DELETE", "/paused/echo", "")?;
+    assert_eq!((status, &body["changed"]), (200, &json!(true)), "{body}");
+    wait_for("the resumed jobs", Duration::from_secs(30), || {
+        Ok(count(&queue, "done")? == 3)
+    })?;
+    let (_, stats) = http(port, "GET", "/stats", "")?;
+    assert_eq!(stats["paused"], json!([]), "{stats}");
+    let (status, body) = http(port, "PUT", "/paused/busy", "")?;
+    assert_eq!((status, &body["paused"]), (200, &json!(true)), "{body}");
+    let (_, stats) = http(port, "GET", "/stats", "")?;
+    assert_eq!(stats["paused"], json!(["busy"]), "{stats}");
+    Ok(())
+}
+
+#[test]
+fn changing_calls_need_the_admin_token_when_one_is_set_and_none_in_read_only_mode()
+-> anyhow::Result<()> {
+    let handlers = Handlers::new()?;
+    handlers.add(fixtures::ECHO, "echo")?;
+    let host = Served::start(&handlers, &["--admin-token", "s3cret"])?;
+    let (status, _) = http(host.port, "PUT", "/paused/echo", "")?;
+    assert_eq!(status, 401);
+    let mut stream = TcpStream::connect(("127.0.0.1", host.port))?;
+    write!(
+        stream,
+        "PUT /paused/echo HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer s3cret\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert_eq!(host.queue.stats()?.paused, ["echo"]);
+
+    let read_only = Served::start(&handlers, &["--read-only"])?;
+    let (status, body) = http(read_only.port, "PUT", "/paused/echo", "")?;
+    assert_eq!(status, 403, "{body}");
+    let (status, _) = http(read_only.port, "GET", "/stats", "")?;
+    assert_eq!(status, 200);
+    Ok(())
+}

@@ -95,22 +95,28 @@ pub enum Outcome {
         /// The failure's message.
         message: String,
     },
+    /// Stopped on request while it ran: not retried, its follow-up jobs dropped.
+    Cancelled {
+        /// What stopped it.
+        message: String,
+    },
 }
 
 impl Outcome {
-    /// `done`, `retry` or `dead-letter`.
+    /// `done`, `retry`, `dead-letter` or `cancelled`.
     pub fn kind(&self) -> &'static str {
         match self {
             Outcome::Done { .. } => "done",
             Outcome::Retry { .. } => "retry",
             Outcome::DeadLetter { .. } => "dead-letter",
+            Outcome::Cancelled { .. } => "cancelled",
         }
     }
 
-    /// The reason, for anything but `done`.
+    /// The reason of a retry or a dead letter.
     pub fn reason(&self) -> Option<Reason> {
         match self {
-            Outcome::Done { .. } => None,
+            Outcome::Done { .. } | Outcome::Cancelled { .. } => None,
             Outcome::Retry { reason, .. } | Outcome::DeadLetter { reason, .. } => Some(*reason),
         }
     }
@@ -119,7 +125,9 @@ impl Outcome {
     pub fn message(&self) -> Option<&str> {
         match self {
             Outcome::Done { .. } => None,
-            Outcome::Retry { message, .. } | Outcome::DeadLetter { message, .. } => Some(message),
+            Outcome::Retry { message, .. }
+            | Outcome::DeadLetter { message, .. }
+            | Outcome::Cancelled { message } => Some(message),
         }
     }
 

@@ -5,7 +5,8 @@
 //! | ability | embedded (SQLite) | SQS | in-memory |
 //! |---|---|---|---|
 //! | [`Inspect`]: list, show, counts | yes | no: SQS shows no message without receiving it | no |
-//! | [`Administer`]: cancel, redrive, purge | yes | no: use the SQS console or its redrive | no |
+//! | [`Administer`]: cancel, pause, redrive, purge | yes | no: use the SQS console or its redrive | no |
+//! | [`Steer`]: live progress, cancellation across hosts | yes | no: SQS has no place to keep either | no |
 //! | [`Ticks`]: each schedule tick once | yes | no: use EventBridge Scheduler | no |
 //! | [`ReleaseUncounted`] | yes | no: every receive counts | yes |
 
@@ -15,6 +16,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::{Enqueued, NewJob, Queue, QueueError};
+use crate::job::Progress;
 
 /// Reading jobs: `jobhost jobs list|show`, `jobhost stats`, the HTTP API's job view.
 pub trait Inspect: Queue {
@@ -38,16 +40,36 @@ pub trait Inspect: Queue {
     ) -> impl Future<Output = Result<Vec<Timing>, QueueError>> + Send;
 }
 
-/// Changing jobs from outside: `jobhost jobs cancel`, `jobhost dlq redrive|purge`.
+/// Changing jobs from outside: `jobhost jobs cancel`, `jobhost pause|resume`,
+/// `jobhost dlq redrive|purge`.
 pub trait Administer: Queue {
-    /// Cancels a queued job.
+    /// Cancels a queued job, or asks the host running it to stop it.
     fn cancel(&self, id: &str) -> impl Future<Output = Result<CancelResult, QueueError>> + Send;
+
+    /// Stops claiming jobs of this name (they stay queued); false if it was paused already.
+    fn pause(&self, name: &str) -> impl Future<Output = Result<bool, QueueError>> + Send;
+
+    /// Claims jobs of this name again; false if it was not paused.
+    fn resume(&self, name: &str) -> impl Future<Output = Result<bool, QueueError>> + Send;
 
     /// Puts dead jobs back in the queue with their attempts reset; returns how many.
     fn redrive(&self, which: Redrive) -> impl Future<Output = Result<u64, QueueError>> + Send;
 
     /// Deletes every dead job; returns how many.
     fn purge_dead(&self) -> impl Future<Output = Result<u64, QueueError>> + Send;
+}
+
+/// Steering running jobs, for the runner: their progress written through while they run,
+/// and cancellations asked for by any process sharing the queue.
+pub trait Steer: Queue {
+    /// Records the latest progress of running jobs this worker holds.
+    fn write_progress(
+        &self,
+        updates: Vec<(String, Progress)>,
+    ) -> impl Future<Output = Result<(), QueueError>> + Send;
+
+    /// Of the jobs this worker holds, those whose cancellation was asked for.
+    fn cancel_requests(&self) -> impl Future<Output = Result<Vec<String>, QueueError>> + Send;
 }
 
 /// Periodic jobs: each tick of a schedule enqueued once, across restarts and hosts.
@@ -205,10 +227,12 @@ impl Timing {
 /// What `cancel` did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum CancelResult {
-    /// Cancelled.
+    /// Cancelled (it was queued).
     Cancelled,
+    /// It is running: the host running it stops it (outcome `cancelled`).
+    Requested,
     /// No such job.
     NotFound,
-    /// The job is not queued; its state.
+    /// The job has finished already; its state.
     NotQueued(String),
 }

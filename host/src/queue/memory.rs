@@ -136,6 +136,7 @@ impl Queue for MemoryQueue {
                         entry.run_at = retry_at.unwrap_or(settlement.at);
                     }
                     Outcome::DeadLetter { .. } => entry.state = "dead",
+                    Outcome::Cancelled { .. } => entry.state = "cancelled",
                 }
                 entry.outcome = Some(settlement.outcome);
             }

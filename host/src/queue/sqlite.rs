@@ -15,11 +15,11 @@ use serde_json::Value;
 
 use super::{
     Administer, CancelResult, CostRecord, Delivered, Enqueued, Inspect, JobFilter, JobRecord,
-    Message, NewJob, Queue, QueueError, Redrive, ReleaseUncounted, Settlement, Stats, Ticks,
+    Message, NewJob, Queue, QueueError, Redrive, ReleaseUncounted, Settlement, Stats, Steer, Ticks,
     Timing,
 };
 use crate::clock::{Clock, SystemClock, from_ms, to_ms};
-use crate::job::{Envelope, Outcome};
+use crate::job::{Envelope, Outcome, Progress};
 
 /// The schema version this build writes; older files are migrated, newer ones refused.
 pub const SCHEMA_VERSION: i64 = 2;
@@ -227,6 +227,7 @@ impl SqliteQueue {
             "UPDATE jobs SET state = 'running', attempts = attempts + 1, lease_owner = ?1,
                  lease_until = ?2, updated_at = ?3, started_at = ?3
              WHERE seq IN (SELECT seq FROM jobs INDEXED BY jobs_due WHERE state = 'queued' AND run_at <= ?3
+                               AND name NOT IN (SELECT name FROM paused)
                            ORDER BY priority DESC, run_at, seq LIMIT ?4)
              RETURNING id, name, payload, attempts, max_attempts, created_at, body, run_at",
         )?;
@@ -316,7 +317,8 @@ impl SqliteQueue {
         let conn = self.lock();
         let busy: bool = conn.query_row(
             "SELECT EXISTS (SELECT 1 FROM jobs WHERE state = 'running')
-                 OR EXISTS (SELECT 1 FROM jobs WHERE state = 'queued' AND run_at <= ?1)",
+                 OR EXISTS (SELECT 1 FROM jobs WHERE state = 'queued' AND run_at <= ?1
+                                AND name NOT IN (SELECT name FROM paused))",
             [now],
             |r| r.get(0),
         )?;
@@ -364,7 +366,7 @@ impl SqliteQueue {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// Cancels a queued job.
+    /// Cancels a queued job; for a running one, asks the host running it to stop it.
     pub fn cancel(&self, id: &str) -> Result<CancelResult, QueueError> {
         let now = self.clock.now_ms();
         let conn = self.lock();
@@ -375,10 +377,67 @@ impl SqliteQueue {
         if changed == 1 {
             return Ok(CancelResult::Cancelled);
         }
+        let asked = conn.execute(
+            "UPDATE jobs SET cancel_requested = 1, updated_at = ?1 WHERE id = ?2 AND state = 'running'",
+            params![now, id],
+        )?;
+        if asked == 1 {
+            return Ok(CancelResult::Requested);
+        }
         let state: Option<String> = conn
             .query_row("SELECT state FROM jobs WHERE id = ?1", [id], |r| r.get(0))
             .optional()?;
         Ok(state.map_or(CancelResult::NotFound, CancelResult::NotQueued))
+    }
+
+    /// Pauses a job name: its queued jobs are not claimed until it is resumed. False if it
+    /// was paused already.
+    pub fn pause(&self, name: &str) -> Result<bool, QueueError> {
+        let now = self.clock.now_ms();
+        let conn = self.lock();
+        let added = conn.execute(
+            "INSERT INTO paused (name, since) VALUES (?1, ?2) ON CONFLICT (name) DO NOTHING",
+            params![name, now],
+        )?;
+        Ok(added == 1)
+    }
+
+    /// Resumes a paused job name. False if it was not paused.
+    pub fn resume(&self, name: &str) -> Result<bool, QueueError> {
+        let conn = self.lock();
+        Ok(conn.execute("DELETE FROM paused WHERE name = ?1", [name])? == 1)
+    }
+
+    /// Records running jobs' latest progress (only while this worker holds them).
+    pub fn write_progress_now(&self, updates: &[(String, Progress)]) -> Result<(), QueueError> {
+        let now = self.clock.now_ms();
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        {
+            let mut statement = tx.prepare_cached(
+                "UPDATE jobs SET progress = ?1, updated_at = ?2
+                 WHERE id = ?3 AND state = 'running' AND lease_owner = ?4",
+            )?;
+            for (id, progress) in updates {
+                let text = serde_json::to_string(progress).unwrap_or_default();
+                statement.execute(params![text, now, id, self.owner])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The jobs this worker holds whose cancellation was asked for.
+    pub fn cancel_requests_now(&self) -> Result<Vec<String>, QueueError> {
+        let conn = self.lock();
+        let mut statement = conn.prepare_cached(
+            "SELECT id FROM jobs INDEXED BY jobs_leased
+             WHERE state = 'running' AND lease_owner = ?1 AND cancel_requested = 1",
+        )?;
+        let ids = statement
+            .query_map([&self.owner], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        Ok(ids)
     }
 
     /// Puts dead jobs back in the queue with their attempts reset: one (`Some(id)`) or all.
@@ -582,7 +641,9 @@ fn name_hint(body: &[u8]) -> String {
 
 fn reclaim_expired(tx: &Transaction<'_>, now: i64) -> Result<(), QueueError> {
     let reclaimed = tx.prepare_cached(
-        "UPDATE jobs SET state = 'queued', lease_owner = NULL, lease_until = NULL, updated_at = ?1,
+        "UPDATE jobs SET state = CASE cancel_requested WHEN 0 THEN 'queued' ELSE 'cancelled' END,
+             finished_at = CASE cancel_requested WHEN 0 THEN NULL ELSE ?1 END,
+             lease_owner = NULL, lease_until = NULL, updated_at = ?1,
              last_error = 'lease expired: the worker stopped before finishing'
          WHERE state = 'running' AND lease_until <= ?1",
     )?
@@ -627,7 +688,9 @@ fn settle_one(
             reason, message, ..
         } => tx
             .prepare_cached(
-                "UPDATE jobs SET state = 'queued', run_at = ?1, reason = ?2, last_error = ?3, updated_at = ?4,
+                "UPDATE jobs SET state = CASE cancel_requested WHEN 0 THEN 'queued' ELSE 'cancelled' END,
+                     finished_at = CASE cancel_requested WHEN 0 THEN NULL ELSE ?4 END,
+                     run_at = ?1, reason = ?2, last_error = ?3, updated_at = ?4,
                      lease_owner = NULL, lease_until = NULL, attempts = MAX(attempts - ?7, 0),
                      fuel = ?8, run_us = ?9, wait_ms = ?10, peak_memory = ?11
                  WHERE id = ?5 AND state = 'running' AND lease_owner = ?6",
@@ -653,6 +716,14 @@ fn settle_one(
                  WHERE id = ?4 AND state = 'running' AND lease_owner = ?5",
             )?
             .execute(params![reason.as_str(), message, now, id, owner, fuel, run_us, wait_ms, peak])?,
+        Outcome::Cancelled { message } => tx
+            .prepare_cached(
+                "UPDATE jobs SET state = 'cancelled', last_error = ?1, finished_at = ?2, updated_at = ?2,
+                     lease_owner = NULL, lease_until = NULL,
+                     fuel = ?5, run_us = ?6, wait_ms = ?7, peak_memory = ?8
+                 WHERE id = ?3 AND state = 'running' AND lease_owner = ?4",
+            )?
+            .execute(params![message, now, id, owner, fuel, run_us, wait_ms, peak])?,
     };
     if changed == 0 {
         // The lease expired and another worker took the job: its result wins.
@@ -828,6 +899,28 @@ impl Administer for SqliteQueue {
     async fn purge_dead(&self) -> Result<u64, QueueError> {
         let queue = self.clone();
         blocking(move || queue.purge_dead()).await
+    }
+
+    async fn pause(&self, name: &str) -> Result<bool, QueueError> {
+        let (queue, name) = (self.clone(), name.to_string());
+        blocking(move || queue.pause(&name)).await
+    }
+
+    async fn resume(&self, name: &str) -> Result<bool, QueueError> {
+        let (queue, name) = (self.clone(), name.to_string());
+        blocking(move || queue.resume(&name)).await
+    }
+}
+
+impl Steer for SqliteQueue {
+    async fn write_progress(&self, updates: Vec<(String, Progress)>) -> Result<(), QueueError> {
+        let queue = self.clone();
+        blocking(move || queue.write_progress_now(&updates)).await
+    }
+
+    async fn cancel_requests(&self) -> Result<Vec<String>, QueueError> {
+        let queue = self.clone();
+        blocking(move || queue.cancel_requests_now()).await
     }
 }
 

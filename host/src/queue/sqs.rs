@@ -574,6 +574,9 @@ impl SqsQueue {
                     retry.push((delivered.receipt, wait.min(cap)));
                 }
                 Outcome::DeadLetter { reason, message } => dead.push((delivered, reason, message)),
+                // Acknowledged without its follow-up jobs (SQS has no way to cancel a
+                // message, so this comes only from a host that stopped it).
+                Outcome::Cancelled { .. } => done.push(delivered.receipt),
             }
         }
         let mut kept = Vec::new();

@@ -18,6 +18,7 @@ use crate::clock::Clock;
 use crate::dispatch::{Delivery, Dispatcher};
 use crate::metrics::{Metrics, emf_line};
 use crate::queue::{Delivered, Message, Settlement};
+use crate::run::live::Running;
 
 /// What became of one delivery of a unit.
 #[derive(Debug)]
@@ -80,6 +81,7 @@ pub struct Executor {
     gates: HashMap<String, Arc<Gate>>,
     metrics: Option<Arc<Metrics>>,
     emf_namespace: Option<String>,
+    running: Option<Arc<Running>>,
 }
 
 impl Executor {
@@ -104,7 +106,15 @@ impl Executor {
             gates,
             metrics: None,
             emf_namespace: None,
+            running: None,
         }
+    }
+
+    /// Registers every job in `running` while it runs, so it can be steered (live
+    /// progress, cancellation).
+    pub fn with_running(mut self, running: Option<Arc<Running>>) -> Self {
+        self.running = running;
+        self
     }
 
     /// Counts every delivery in `metrics`.
@@ -160,10 +170,12 @@ impl Executor {
     }
 
     fn process(&self, delivered: Delivered, deadline: Option<SystemTime>) -> Settlement {
+        let live = self.running.as_ref().map(|r| r.start(&delivered.id));
         let delivery = Delivery {
             fallback_id: Some(delivered.id.clone()),
             attempt: Some(delivered.attempt),
             deadline,
+            live,
             ..Delivery::default()
         };
         let gate = match &delivered.message {
@@ -189,6 +201,9 @@ impl Executor {
         };
         if let Some(gate) = &gate {
             gate.leave();
+        }
+        if let Some(running) = &self.running {
+            running.finish(&delivered.id);
         }
         let wait = delivered
             .due

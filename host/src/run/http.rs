@@ -5,10 +5,18 @@
 //!   unknown job name; 400 for a body that is not such a request.
 //! - `GET /jobs/{id}` → the job (state, attempts, progress, output, last error), or 404.
 //!   With `?wait_ms=N` it waits up to N ms (at most 30 s) for the job to finish first.
+//! - `DELETE /jobs/{id}` → cancels a queued job, or stops a running one: 200
+//!   `{"id", "cancelled": "queued"|"running"}`; 404; 409 for a finished job.
+//! - `PUT /paused/{name}`, `DELETE /paused/{name}` → pause or resume a job name: 200
+//!   `{"name", "paused", "changed"}`.
 //! - `GET /stats` → counts by job name and state, the oldest due job's age, paused names,
 //!   and per job name the p50/p95 run time and fuel of the last hour's done jobs.
 //! - `GET /metrics` → Prometheus/OpenMetrics text (see the README's "Metrics").
 //! - `GET /healthz` → 200.
+//!
+//! The changing calls (`DELETE /jobs/{id}`, the pause calls) answer 403 in `--read-only`
+//! mode; with an admin token set they need it (`Authorization: Bearer TOKEN`, else 401);
+//! without one they are allowed only on a loopback address (else 403).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,7 +34,8 @@ use crate::clock::Clock;
 use crate::dispatch::{Dispatcher, Rejection};
 use crate::job::{JobRequest, RequestError};
 use crate::metrics::Metrics;
-use crate::queue::{Enqueued, Inspect, QueueError, Stats};
+use crate::queue::{Administer, CancelResult, Enqueued, Inspect, QueueError, Stats};
+use crate::run::live::Running;
 
 /// The longest `wait_ms` honoured.
 const MAX_WAIT: Duration = Duration::from_secs(30);
@@ -77,12 +86,92 @@ async fn render_metrics(metrics: &Metrics, stats: Option<&ReadStats>) -> Respons
         .into_response()
 }
 
+/// Who may change things through the API.
+#[derive(Clone, Debug, Default)]
+pub struct Access {
+    /// The token every changing call must carry.
+    pub token: Option<String>,
+    /// Refuse every changing call.
+    pub read_only: bool,
+    /// The API listens on a loopback address only.
+    pub loopback: bool,
+}
+
+impl Access {
+    /// Whether a changing call with these headers may go ahead; the status and reason
+    /// to refuse it with if not.
+    pub fn check(&self, headers: &axum::http::HeaderMap) -> Result<(), (StatusCode, &'static str)> {
+        if self.read_only {
+            return Err((
+                StatusCode::FORBIDDEN,
+                "this host is read-only (--read-only)",
+            ));
+        }
+        match &self.token {
+            Some(token) => {
+                let sent = headers
+                    .get(axum::http::header::AUTHORIZATION)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.strip_prefix("Bearer "));
+                if sent.is_some_and(|sent| constant_time_eq(sent.as_bytes(), token.as_bytes())) {
+                    Ok(())
+                } else {
+                    Err((
+                        StatusCode::UNAUTHORIZED,
+                        "this call needs the admin token (Authorization: Bearer TOKEN)",
+                    ))
+                }
+            }
+            None if self.loopback => Ok(()),
+            None => Err((
+                StatusCode::FORBIDDEN,
+                "changes from beyond loopback need --admin-token",
+            )),
+        }
+    }
+
+    /// The response refusing a changing call, if [`Access::check`] refuses it.
+    fn refusal(&self, headers: &axum::http::HeaderMap) -> Option<Response> {
+        self.check(headers)
+            .err()
+            .map(|(status, why)| error(status, json!({"error": why})))
+    }
+}
+
+/// Compares without stopping at the first difference, so the time taken says nothing
+/// about how much of a guess was right.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Everything the API serves from.
+pub struct ApiParts<Q> {
+    /// The queue.
+    pub queue: Arc<Q>,
+    /// The clock.
+    pub clock: Arc<dyn Clock>,
+    /// The dispatcher (payload checks).
+    pub dispatcher: Arc<Dispatcher>,
+    /// Notified after each enqueue.
+    pub wake: Arc<Notify>,
+    /// Notified by the runner after each batch of results.
+    pub settled: Arc<Notify>,
+    /// The host's metrics.
+    pub metrics: Arc<Metrics>,
+    /// The jobs running in this process (a cancellation reaches them at once).
+    pub running: Option<Arc<Running>>,
+    /// Who may change things.
+    pub access: Access,
+}
+
 struct Api<Q> {
     queue: Arc<Q>,
     clock: Arc<dyn Clock>,
     dispatcher: Arc<Dispatcher>,
     wake: Arc<Notify>,
     settled: Arc<Notify>,
+    running: Option<Arc<Running>>,
+    access: Arc<Access>,
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -98,24 +187,32 @@ impl<Q> Clone for Api<Q> {
             dispatcher: self.dispatcher.clone(),
             wake: self.wake.clone(),
             settled: self.settled.clone(),
+            running: self.running.clone(),
+            access: self.access.clone(),
         }
     }
 }
 
-/// The API's routes over any queue that can show its jobs. `wake` is notified after each
-/// enqueue; `settled` is notified by the runner after each batch of results.
-pub fn router<Q: Inspect>(
-    queue: Arc<Q>,
-    clock: Arc<dyn Clock>,
-    dispatcher: Arc<Dispatcher>,
-    wake: Arc<Notify>,
-    settled: Arc<Notify>,
-    metrics: Arc<Metrics>,
-) -> Router {
+/// The API's routes over any queue that can show and change its jobs.
+pub fn router<Q: Inspect + Administer>(parts: ApiParts<Q>) -> Router {
+    let ApiParts {
+        queue,
+        clock,
+        dispatcher,
+        wake,
+        settled,
+        metrics,
+        running,
+        access,
+    } = parts;
     let limit = dispatcher.options().max_body_bytes;
     Router::new()
         .route("/jobs", post(create_job::<Q>))
-        .route("/jobs/{id}", get(show_job::<Q>))
+        .route("/jobs/{id}", get(show_job::<Q>).delete(cancel_job::<Q>))
+        .route(
+            "/paused/{name}",
+            axum::routing::put(pause_name::<Q>).delete(resume_name::<Q>),
+        )
         .route("/stats", get(show_stats::<Q>))
         .route(
             "/healthz",
@@ -128,6 +225,8 @@ pub fn router<Q: Inspect>(
             dispatcher,
             wake,
             settled,
+            running,
+            access: Arc::new(access),
         })
         .merge(metrics_router(metrics, Some(stats_reader(queue))))
 }
@@ -214,6 +313,81 @@ async fn create_job<Q: Inspect>(State(api): State<Api<Q>>, body: Bytes) -> Respo
     }
 }
 
+async fn cancel_job<Q: Inspect + Administer>(
+    State(api): State<Api<Q>>,
+    Path(id): Path<String>,
+    headers: axum::http::HeaderMap,
+) -> Response {
+    if let Some(refused) = api.access.refusal(&headers) {
+        return refused;
+    }
+    match api.queue.cancel(&id).await {
+        Ok(CancelResult::Cancelled) => {
+            axum::Json(json!({"id": id, "cancelled": "queued"})).into_response()
+        }
+        Ok(CancelResult::Requested) => {
+            // Running here: stop it now rather than at the next look at the queue.
+            if let Some(running) = &api.running {
+                running.cancel(&id);
+            }
+            axum::Json(json!({"id": id, "cancelled": "running"})).into_response()
+        }
+        Ok(CancelResult::NotFound) => error(StatusCode::NOT_FOUND, json!({"error": "no such job"})),
+        Ok(CancelResult::NotQueued(state)) => error(
+            StatusCode::CONFLICT,
+            json!({"error": format!("the job is {state} already"), "state": state}),
+        ),
+        Err(e) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({"error": e.to_string()}),
+        ),
+    }
+}
+
+async fn pause_name<Q: Inspect + Administer>(
+    State(api): State<Api<Q>>,
+    Path(name): Path<String>,
+    headers: axum::http::HeaderMap,
+) -> Response {
+    set_paused(api, name, headers, true).await
+}
+
+async fn resume_name<Q: Inspect + Administer>(
+    State(api): State<Api<Q>>,
+    Path(name): Path<String>,
+    headers: axum::http::HeaderMap,
+) -> Response {
+    set_paused(api, name, headers, false).await
+}
+
+async fn set_paused<Q: Inspect + Administer>(
+    api: Api<Q>,
+    name: String,
+    headers: axum::http::HeaderMap,
+    pause: bool,
+) -> Response {
+    if let Some(refused) = api.access.refusal(&headers) {
+        return refused;
+    }
+    let changed = if pause {
+        api.queue.pause(&name).await
+    } else {
+        api.queue.resume(&name).await
+    };
+    match changed {
+        Ok(changed) => {
+            if !pause {
+                api.wake.notify_one();
+            }
+            axum::Json(json!({"name": name, "paused": pause, "changed": changed})).into_response()
+        }
+        Err(e) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({"error": e.to_string()}),
+        ),
+    }
+}
+
 async fn show_stats<Q: Inspect>(State(api): State<Api<Q>>) -> Response {
     let hour_ago = crate::clock::to_ms(api.clock.now()) - 3_600_000;
     let stats = async {
@@ -262,5 +436,52 @@ async fn show_job<Q: Inspect>(
             return axum::Json(record).into_response();
         }
         let _ = tokio::time::timeout(deadline - now, settled).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bearer(token: &str) -> axum::http::HeaderMap {
+        let mut headers = axum::http::HeaderMap::new();
+        let value = format!("Bearer {token}");
+        headers.insert(
+            axum::http::header::AUTHORIZATION,
+            value.parse().expect("a valid header"),
+        );
+        headers
+    }
+
+    fn status(result: Result<(), (StatusCode, &'static str)>) -> u16 {
+        result.map_or_else(|(status, _)| status.as_u16(), |()| 200)
+    }
+
+    #[test]
+    fn beyond_loopback_changes_need_a_token() {
+        let none = axum::http::HeaderMap::new();
+        let open = Access {
+            token: None,
+            read_only: false,
+            loopback: false,
+        };
+        assert_eq!(status(open.check(&none)), 403);
+        let guarded = Access {
+            token: Some("t0ken".into()),
+            ..open.clone()
+        };
+        assert_eq!(status(guarded.check(&none)), 401);
+        assert_eq!(status(guarded.check(&bearer("t0kem"))), 401);
+        assert_eq!(status(guarded.check(&bearer("t0ken"))), 200);
+        let local = Access {
+            loopback: true,
+            ..open.clone()
+        };
+        assert_eq!(status(local.check(&none)), 200);
+        let read_only = Access {
+            read_only: true,
+            ..guarded
+        };
+        assert_eq!(status(read_only.check(&bearer("t0ken"))), 403);
     }
 }

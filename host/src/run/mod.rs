@@ -1,9 +1,11 @@
 //! The ways jobs arrive and run: the [`poller`] over any queue, the [`lambda`] runtime, and
-//! around the poller `jobhost run`'s [`serve`], its [`http`] API and the [`schedule`]r.
+//! around the poller `jobhost run`'s [`serve`], its [`http`] API, the [`schedule`]r and the
+//! [`live`] steering of running jobs (progress written through, cancellation).
 
 pub mod deliver;
 pub mod http;
 pub mod lambda;
+pub mod live;
 pub mod poller;
 pub mod schedule;
 pub mod serve;

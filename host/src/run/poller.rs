@@ -24,6 +24,7 @@ use crate::job::Outcome;
 use crate::metrics::Metrics;
 use crate::queue::{Delivered, Queue, Settlement};
 use crate::run::deliver::{Executor, Ran, units};
+use crate::run::live::Running;
 
 /// The most deliveries claimed in one call.
 const MAX_BATCH: usize = 256;
@@ -97,6 +98,8 @@ pub struct RunSummary {
     pub retried: u64,
     /// Jobs dead-lettered.
     pub dead: u64,
+    /// Jobs cancelled while they ran.
+    pub cancelled: u64,
 }
 
 #[derive(Default)]
@@ -104,6 +107,7 @@ struct Counters {
     done: AtomicU64,
     retried: AtomicU64,
     dead: AtomicU64,
+    cancelled: AtomicU64,
     released: AtomicU64,
     /// Deliveries received and not yet settled.
     in_flight: AtomicUsize,
@@ -145,6 +149,7 @@ pub struct Runner<Q: Queue> {
     wake: Arc<Notify>,
     settled: Arc<Notify>,
     metrics: Option<Arc<Metrics>>,
+    running: Option<Arc<Running>>,
 }
 
 impl<Q: Queue> Runner<Q> {
@@ -163,7 +168,14 @@ impl<Q: Queue> Runner<Q> {
             wake: Arc::new(Notify::new()),
             settled: Arc::new(Notify::new()),
             metrics: None,
+            running: None,
         }
+    }
+
+    /// Registers every running job in `running` (see [`crate::run::live`]).
+    pub fn with_running(mut self, running: Option<Arc<Running>>) -> Self {
+        self.running = running;
+        self
     }
 
     /// Counts every delivery in `metrics`.
@@ -231,6 +243,7 @@ impl<Q: Queue> Runner<Q> {
             done: counters.done.load(Ordering::SeqCst),
             retried: counters.retried.load(Ordering::SeqCst),
             dead: counters.dead.load(Ordering::SeqCst),
+            cancelled: counters.cancelled.load(Ordering::SeqCst),
         }
     }
 
@@ -357,7 +370,8 @@ impl<Q: Queue> Runner<Q> {
     ) -> Vec<JoinHandle<()>> {
         let executor = Arc::new(
             Executor::new(self.dispatcher.clone(), self.clock.clone())
-                .with_metrics(self.metrics.clone()),
+                .with_metrics(self.metrics.clone())
+                .with_running(self.running.clone()),
         );
         (0..self.options.concurrency)
             .filter_map(|index| {
@@ -490,6 +504,7 @@ fn tally(settled: &[Settlement], counters: &Counters) {
             Outcome::Done { .. } => &counters.done,
             Outcome::Retry { .. } => &counters.retried,
             Outcome::DeadLetter { .. } => &counters.dead,
+            Outcome::Cancelled { .. } => &counters.cancelled,
         };
         counter.fetch_add(1, Ordering::Relaxed);
     }

@@ -19,6 +19,8 @@ use crate::metrics::Metrics;
 use crate::queue::QueueError;
 use crate::queue::sqlite::{Retention, SqliteQueue};
 use crate::queue::sqs::{SqsOptions, SqsQueue, client_from_env, url_of_name};
+use crate::run::http::{Access, ApiParts};
+use crate::run::live::Running;
 use crate::run::poller::{RunOptions, RunSummary, Runner};
 use crate::run::schedule::Scheduler;
 
@@ -37,6 +39,10 @@ pub struct ServeConfig {
     pub grace: Duration,
     /// Serve `/metrics` on a listener of its own here.
     pub metrics: Option<SocketAddr>,
+    /// The token the HTTP API's changing calls need (required for them beyond loopback).
+    pub admin_token: Option<String>,
+    /// The HTTP API refuses every changing call.
+    pub read_only: bool,
 }
 
 /// Which queue `jobhost run` takes jobs from.
@@ -236,25 +242,39 @@ async fn serve_sqlite(
     let queue = Arc::new(queue);
     let metrics = (http.is_some() || config.metrics.is_some())
         .then(|| Arc::new(Metrics::new(dispatcher.plugins())));
+    let running = Arc::new(Running::default());
     let runner = Runner::new(
         queue.clone(),
         dispatcher.clone(),
         clock.clone(),
         run.clone(),
     )
-    .with_metrics(metrics.clone());
+    .with_metrics(metrics.clone())
+    .with_running(Some(running.clone()));
+    tokio::spawn(crate::run::live::steer(
+        queue.clone(),
+        running.clone(),
+        stopped.clone(),
+    ));
     if let (Some(addr), Some(metrics)) = (*http, &metrics) {
-        if !addr.ip().is_loopback() {
-            tracing::warn!(%addr, "the HTTP API has no authentication and listens beyond loopback");
+        let loopback = addr.ip().is_loopback();
+        if !loopback && config.admin_token.is_none() && !config.read_only {
+            tracing::warn!(%addr, "the HTTP API listens beyond loopback without --admin-token: anyone who reaches it may enqueue jobs; cancel and pause are refused");
         }
-        let router = crate::run::http::router(
-            queue.clone(),
-            clock.clone(),
-            dispatcher.clone(),
-            runner.waker(),
-            runner.settled(),
-            metrics.clone(),
-        );
+        let router = crate::run::http::router(ApiParts {
+            queue: queue.clone(),
+            clock: clock.clone(),
+            dispatcher: dispatcher.clone(),
+            wake: runner.waker(),
+            settled: runner.settled(),
+            metrics: metrics.clone(),
+            running: Some(running.clone()),
+            access: Access {
+                token: config.admin_token.clone(),
+                read_only: config.read_only,
+                loopback,
+            },
+        });
         listen(addr, router, &stopped, "HTTP API").await?;
     }
     if let (Some(addr), Some(metrics)) = (config.metrics, &metrics) {

@@ -12,7 +12,7 @@ use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 
 use crate::bindings;
 use crate::job::{EnqueuedJob, LogLevel, LogLine, Progress};
-use crate::sandbox::Limits;
+use crate::sandbox::{Limits, Live};
 
 /// The longest single log line kept, in bytes; longer lines are cut.
 pub const MAX_LOG_LINE_BYTES: usize = 8 * 1024;
@@ -49,6 +49,7 @@ pub struct Captured {
 #[derive(Clone, Debug)]
 pub struct Capture {
     inner: Arc<Mutex<Captured>>,
+    live: Option<Arc<Live>>,
     log_cap: u64,
     enqueue_cap: u32,
     enqueue_bytes_cap: u64,
@@ -60,11 +61,18 @@ impl Capture {
     pub fn new(limits: &Limits, payload_cap: usize) -> Self {
         Self {
             inner: Arc::default(),
+            live: None,
             log_cap: limits.log_bytes,
             enqueue_cap: limits.enqueue_count,
             enqueue_bytes_cap: limits.enqueue_bytes,
             payload_cap,
         }
+    }
+
+    /// Also hands every progress report to `live` (the runner writes the latest through).
+    pub fn with_live(mut self, live: Option<Arc<Live>>) -> Self {
+        self.live = live;
+        self
     }
 
     fn lock(&self) -> MutexGuard<'_, Captured> {
@@ -154,11 +162,15 @@ impl Capture {
             captured.progress.remove(0);
         }
         let message = message.map(|m| truncate_utf8(m.as_bytes(), MAX_LOG_LINE_BYTES));
-        captured.progress.push(Progress {
+        let progress = Progress {
             done,
             total,
             message,
-        });
+        };
+        if let Some(live) = &self.live {
+            live.report(&progress);
+        }
+        captured.progress.push(progress);
     }
 
     pub(super) fn enqueue(

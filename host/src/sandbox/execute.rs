@@ -5,13 +5,15 @@
 
 use std::time::{Duration, Instant, SystemTime};
 
-use wasmtime::Store;
+use std::sync::Arc;
+
+use wasmtime::{Store, Trap, UpdateDeadline};
 
 use crate::bindings::{HandlerInfo, Job, JobError, JobPluginPre};
 use crate::engine::{EPOCH_TICK_MS, JobEngine};
 use crate::sandbox::Limits;
+use crate::sandbox::{Cancelled, JobState, Live, ResolvedGrants, root_cause};
 use crate::sandbox::{Capture, Captured};
-use crate::sandbox::{JobState, ResolvedGrants, root_cause};
 
 /// What `handle` returned, or the trap that ended it.
 pub type CallResult = Result<Result<Option<String>, JobError>, wasmtime::Error>;
@@ -45,6 +47,8 @@ pub struct JobSettings<'a> {
     pub grants: &'a ResolvedGrants,
     /// A fixed wall clock for the guest, if any.
     pub wall_clock: Option<SystemTime>,
+    /// Shared with the runner while the job runs: cancellation and live progress.
+    pub live: Option<&'a Arc<Live>>,
 }
 
 fn new_store(
@@ -57,10 +61,11 @@ fn new_store(
         payload_cap,
         grants,
         wall_clock,
+        live,
     } = *settings;
-    let capture = Capture::new(limits, payload_cap);
-    let state =
-        JobState::new(limits, capture.clone(), grants, wall_clock).map_err(wasmtime::Error::msg)?;
+    let capture = Capture::new(limits, payload_cap).with_live(live.cloned());
+    let state = JobState::new(limits, capture.clone(), grants, wall_clock, live.cloned())
+        .map_err(wasmtime::Error::msg)?;
     let mut store = Store::new(engine.engine(), state);
     store.limiter(|state| &mut state.limiter);
     if engine.meters_fuel() {
@@ -68,8 +73,24 @@ fn new_store(
         let _ = store.set_fuel(limits.fuel);
     }
     let millis = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
-    // The current tick is partly over, so one more tick guarantees at least `timeout`.
-    store.set_epoch_deadline(millis.div_ceil(EPOCH_TICK_MS) + 1);
+    match live {
+        // The current tick is partly over, so one more tick guarantees at least `timeout`.
+        None => store.set_epoch_deadline(millis.div_ceil(EPOCH_TICK_MS) + 1),
+        Some(live) => {
+            // Look at every tick: a cancellation stops the job within one.
+            let (live, deadline) = (live.clone(), Instant::now() + timeout);
+            store.set_epoch_deadline(1);
+            store.epoch_deadline_callback(move |_| {
+                if live.is_cancelled() {
+                    return Err(wasmtime::Error::new(Cancelled));
+                }
+                if Instant::now() >= deadline {
+                    return Err(wasmtime::Error::new(Trap::Interrupt));
+                }
+                Ok(UpdateDeadline::Continue(1))
+            });
+        }
+    }
     Ok((store, capture))
 }
 
@@ -136,6 +157,7 @@ pub fn describe(
             payload_cap: 0,
             grants: &ResolvedGrants::default(),
             wall_clock: None,
+            live: None,
         },
     )
     .map_err(|e| root_cause(&e))?;

@@ -5,6 +5,7 @@
 //!   [`add_to_linker`];
 //! - `capture`: the bounded record of what the guest logs, reports and enqueues;
 //! - `limits`, `outbound_http`: the [`Limits`] and the HTTP grant policy it runs under;
+//! - `live`: what a running job shares with its runner (cancellation, live progress);
 //! - `execute`: [`execute`] runs one call and measures it, [`describe`] asks a handler
 //!   what it is; `error` tells a wasmtime error.
 
@@ -13,6 +14,7 @@ mod error;
 mod execute;
 mod host;
 mod limits;
+mod live;
 mod outbound_http;
 mod state;
 
@@ -21,5 +23,6 @@ pub use error::*;
 pub use execute::*;
 pub use host::*;
 pub use limits::*;
+pub use live::*;
 pub use outbound_http::*;
 pub use state::*;

@@ -17,11 +17,14 @@
 
 use std::future::Future;
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http_body_util::BodyExt as _;
 use serde::{Deserialize, Serialize};
 use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpHooks};
+
+use crate::sandbox::Live;
 
 /// The `[grants.http]` table.
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
@@ -78,12 +81,18 @@ impl HttpGrant {
 pub struct HttpPolicy {
     grant: Option<HttpGrant>,
     sent: u32,
+    live: Option<Arc<Live>>,
 }
 
 impl HttpPolicy {
-    /// A policy for one job; `None` refuses every request.
-    pub fn new(grant: Option<HttpGrant>) -> Self {
-        Self { grant, sent: 0 }
+    /// A policy for one job; `None` refuses every request. A cancellation through `live`
+    /// aborts a request in flight.
+    pub fn new(grant: Option<HttpGrant>, live: Option<Arc<Live>>) -> Self {
+        Self {
+            grant,
+            sent: 0,
+            live,
+        }
     }
 
     /// Decides on a request before anything is sent; returns the matching entry's
@@ -201,7 +210,8 @@ impl WasiHttpHooks for HttpPolicy {
     ) -> Box<dyn Future<Output = SendResult> + Send> {
         drop(fut);
         let admitted = self.admit(&request);
-        Box::new(async move {
+        let live = self.live.clone();
+        let send = async move {
             let (grant, literal) = admitted?;
             let uri = request.uri().clone();
             check_destination(uri, &grant, literal).await?;
@@ -223,6 +233,15 @@ impl WasiHttpHooks for HttpPolicy {
                     .boxed_unsync()
             });
             Ok((limited, Box::new(io) as Box<dyn Future<Output = _> + Send>))
+        };
+        Box::new(async move {
+            let Some(live) = live else {
+                return send.await;
+            };
+            tokio::select! {
+                sent = send => sent,
+                () = live.cancelled() => Err(Error::InternalError(Some("the job was cancelled".into()))),
+            }
         })
     }
 }

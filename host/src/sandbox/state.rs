@@ -2,6 +2,7 @@
 //! capture. A new one is built for every job, so nothing leaks between jobs.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use wasmtime::component::ResourceTable;
@@ -11,7 +12,7 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 use crate::sandbox::{HttpGrant, HttpPolicy};
 
 use crate::sandbox::Capture;
-use crate::sandbox::{Limits, MemoryLimiter};
+use crate::sandbox::{Limits, Live, MemoryLimiter};
 
 /// Per-job store data.
 pub struct JobState {
@@ -44,6 +45,7 @@ impl JobState {
         capture: Capture,
         grants: &ResolvedGrants,
         wall_clock: Option<SystemTime>,
+        live: Option<Arc<Live>>,
     ) -> Result<Self, String> {
         let mut builder = WasiCtx::builder();
         if let Some(at) = wall_clock {
@@ -73,7 +75,7 @@ impl JobState {
         Ok(Self {
             wasi: builder.build(),
             http: WasiHttpCtx::new(),
-            http_policy: HttpPolicy::new(grants.http.clone()),
+            http_policy: HttpPolicy::new(grants.http.clone(), live),
             table: ResourceTable::new(),
             limiter: MemoryLimiter::new(limits),
             capture,

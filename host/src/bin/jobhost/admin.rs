@@ -47,6 +47,7 @@ fn print_summary(summary: &jobhost::run::poller::RunSummary, started: Instant) {
             "done": summary.done,
             "retried": summary.retried,
             "dead": summary.dead,
+            "cancelled": summary.cancelled,
             "released": released,
             "unfinished": unfinished,
             "elapsed_ms": started.elapsed().as_millis() as u64,
@@ -221,12 +222,21 @@ pub fn jobs(command: JobsCommand) -> anyhow::Result<ExitCode> {
                 println!("cancelled {id}");
                 Ok(ExitCode::SUCCESS)
             }
+            CancelResult::Requested => {
+                println!(
+                    "cancelling {id}: it is running; the host running it stops it within {} ms",
+                    jobhost::run::live::STEER_INTERVAL.as_millis()
+                );
+                Ok(ExitCode::SUCCESS)
+            }
             CancelResult::NotFound => {
                 eprintln!("error: no job {id}");
                 Ok(ExitCode::from(EXIT_NOT_DONE))
             }
             CancelResult::NotQueued(state) => {
-                eprintln!("error: job {id} is {state}; only queued jobs can be cancelled");
+                eprintln!(
+                    "error: job {id} is {state} already; only queued and running jobs can be cancelled"
+                );
                 Ok(ExitCode::from(EXIT_NOT_DONE))
             }
         },
@@ -259,6 +269,29 @@ pub fn dlq(command: DlqCommand) -> anyhow::Result<ExitCode> {
             let purged = block_on(Administer::purge_dead(&open(&db)?))?;
             println!("purged: {purged}");
         }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `jobhost pause NAME` (`pause` true) and `jobhost resume NAME`.
+pub fn pause(db: DbArgs, name: &str, pause: bool) -> anyhow::Result<ExitCode> {
+    let queue = open(&db)?;
+    let changed = if pause {
+        block_on(Administer::pause(&queue, name))?
+    } else {
+        block_on(Administer::resume(&queue, name))?
+    };
+    let queued = block_on(Inspect::stats(&queue))?
+        .counts
+        .iter()
+        .filter(|(n, state, _)| n == name && state == "queued")
+        .map(|(_, _, count)| count)
+        .sum::<u64>();
+    match (pause, changed) {
+        (true, true) => println!("paused {name} ({queued} queued jobs wait)"),
+        (true, false) => println!("{name} was paused already ({queued} queued jobs wait)"),
+        (false, true) => println!("resumed {name} ({queued} queued jobs)"),
+        (false, false) => println!("{name} was not paused"),
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -60,8 +60,14 @@ pub enum Command {
     /// The dead-letter queue: list, redrive, purge.
     #[command(subcommand)]
     Dlq(DlqCommand),
-    /// Counts by job name and state, and the age of the oldest due job.
+    /// Counts by job name and state, the age of the oldest due job, paused names, and the
+    /// last hour's p50/p95 run time and fuel per job name.
     Stats(DbArgs),
+    /// Stop claiming jobs of a job name on the embedded queue (they stay queued; running
+    /// ones finish). Every host sharing the queue file obeys.
+    Pause(PauseArgs),
+    /// Claim jobs of a paused job name again.
+    Resume(PauseArgs),
     /// Run the `NAME.cases.json` case files of a handlers folder.
     Test(TestArgs),
     /// Create a handler project (WIT, build script, cases, README) in a new folder.
@@ -163,6 +169,16 @@ pub struct DbArgs {
     pub db: PathBuf,
 }
 
+/// `jobhost pause` and `jobhost resume`.
+#[derive(Debug, Args)]
+pub struct PauseArgs {
+    /// The queue file.
+    #[command(flatten)]
+    pub db: DbArgs,
+    /// The job name.
+    pub name: String,
+}
+
 /// Which queue: the embedded SQLite file (default) or SQS.
 #[derive(Clone, Debug, Args)]
 pub struct QueueArgs {
@@ -223,6 +239,13 @@ pub struct RunArgs {
     /// queue; `--http` serves them too).
     #[arg(long, env = "JOBHOST_METRICS", value_name = "ADDR")]
     pub metrics: Option<std::net::SocketAddr>,
+    /// The token the HTTP API's changing calls (cancel, pause, resume) must carry as
+    /// `Authorization: Bearer TOKEN`; without one they are allowed on loopback only.
+    #[arg(long, env = "JOBHOST_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// The HTTP API refuses every changing call (cancel, pause, resume).
+    #[arg(long, env = "JOBHOST_READ_ONLY")]
+    pub read_only: bool,
     /// How long a claimed job is leased before another worker may take it, at least 1s
     /// (default: the longest handler timeout plus 1m).
     #[arg(long, env = "JOBHOST_LEASE", value_parser = lease)]
@@ -283,6 +306,8 @@ impl RunArgs {
             drain: self.drain,
             grace: self.grace,
             metrics: self.metrics,
+            admin_token: self.admin_token.clone().filter(|t| !t.is_empty()),
+            read_only: self.read_only,
         })
     }
 }
@@ -360,7 +385,8 @@ pub enum JobsCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Cancel a queued job.
+    /// Cancel a queued job, or stop a running one (outcome `cancelled`, not retried, its
+    /// follow-up jobs dropped).
     Cancel {
         /// The queue file.
         #[command(flatten)]

@@ -60,6 +60,8 @@ fn main() -> ExitCode {
         Command::Jobs(command) => admin::jobs(command),
         Command::Dlq(command) => admin::dlq(command),
         Command::Stats(db) => admin::stats(db),
+        Command::Pause(args) => admin::pause(args.db, &args.name, true),
+        Command::Resume(args) => admin::pause(args.db, &args.name, false),
         Command::Test(args) => test_cases(args),
         Command::New(args) => new_project(args),
         Command::Lambda(args) => lambda::run(args),
