@@ -687,3 +687,155 @@ impl<Q: jobhost::queue::Queue> jobhost::queue::Queue for Observed<Q> {
         self.inner.is_idle().await
     }
 }
+
+/// One span as an OTLP/HTTP receiver got it.
+#[derive(Clone, Debug)]
+pub struct ReceivedSpan {
+    /// Hex trace id.
+    pub trace_id: String,
+    /// Hex span id.
+    pub span_id: String,
+    /// Hex parent span id (empty for a root).
+    pub parent: String,
+    /// The span name.
+    pub name: String,
+    /// String (and integer, as text) attributes.
+    pub attributes: std::collections::HashMap<String, String>,
+    /// Event names/bodies.
+    pub events: Vec<String>,
+}
+
+/// A small OTLP/HTTP receiver on 127.0.0.1 (the JSON encoding, `http/json`): no
+/// OpenTelemetry Collector package is available here. It stops when dropped.
+pub struct OtlpReceiver {
+    /// Its port.
+    pub port: u16,
+    spans: std::sync::Arc<std::sync::Mutex<Vec<ReceivedSpan>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl OtlpReceiver {
+    /// Starts the receiver.
+    pub fn start() -> anyhow::Result<Self> {
+        use std::io::{BufRead as _, Read as _, Write as _};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        listener.set_nonblocking(true)?;
+        let port = listener.local_addr()?.port();
+        let spans: std::sync::Arc<std::sync::Mutex<Vec<ReceivedSpan>>> = Default::default();
+        let stop: std::sync::Arc<std::sync::atomic::AtomicBool> = Default::default();
+        let (kept, stopping) = (spans.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !stopping.load(std::sync::atomic::Ordering::SeqCst) {
+                let Ok((stream, _)) = listener.accept() else {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                    continue;
+                };
+                let kept = kept.clone();
+                std::thread::spawn(move || {
+                    let _ = stream.set_nonblocking(false);
+                    let mut reader = std::io::BufReader::new(stream);
+                    loop {
+                        let mut length = 0usize;
+                        let mut line = String::new();
+                        let mut first = true;
+                        loop {
+                            line.clear();
+                            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                                return;
+                            }
+                            if first {
+                                first = false;
+                                continue;
+                            }
+                            let trimmed = line.trim_end();
+                            if trimmed.is_empty() {
+                                break;
+                            }
+                            if let Some((name, value)) = trimmed.split_once(':')
+                                && name.eq_ignore_ascii_case("content-length")
+                            {
+                                length = value.trim().parse().unwrap_or(0);
+                            }
+                        }
+                        let mut body = vec![0; length];
+                        if reader.read_exact(&mut body).is_err() {
+                            return;
+                        }
+                        if let Ok(export) = serde_json::from_slice::<Value>(&body) {
+                            kept.lock()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .extend(spans_of(&export));
+                        }
+                        let answer = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}";
+                        if reader.get_mut().write_all(answer.as_bytes()).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        Ok(Self { port, spans, stop })
+    }
+
+    /// The endpoint to set as `OTEL_EXPORTER_OTLP_ENDPOINT`.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The spans received so far.
+    pub fn spans(&self) -> Vec<ReceivedSpan> {
+        self.spans.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+impl Drop for OtlpReceiver {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+fn spans_of(export: &Value) -> Vec<ReceivedSpan> {
+    let text = |v: &Value| {
+        v.get("stringValue")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .or_else(|| {
+                v.get("intValue")
+                    .map(|i| i.to_string().trim_matches('"').to_string())
+            })
+            .unwrap_or_default()
+    };
+    let mut out = Vec::new();
+    for resource in export["resourceSpans"].as_array().into_iter().flatten() {
+        for scope in resource["scopeSpans"].as_array().into_iter().flatten() {
+            for span in scope["spans"].as_array().into_iter().flatten() {
+                let attributes = span["attributes"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|a| {
+                        (
+                            a["key"].as_str().unwrap_or("").to_string(),
+                            text(&a["value"]),
+                        )
+                    })
+                    .collect();
+                let events = span["events"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|e| e["name"].as_str().unwrap_or("").to_string())
+                    .collect();
+                out.push(ReceivedSpan {
+                    trace_id: span["traceId"].as_str().unwrap_or("").to_string(),
+                    span_id: span["spanId"].as_str().unwrap_or("").to_string(),
+                    parent: span["parentSpanId"].as_str().unwrap_or("").to_string(),
+                    name: span["name"].as_str().unwrap_or("").to_string(),
+                    attributes,
+                    events,
+                });
+            }
+        }
+    }
+    out
+}

@@ -19,4 +19,5 @@ pub mod plugin;
 pub mod queue;
 pub mod run;
 pub mod sandbox;
+pub mod telemetry;
 pub mod testing;

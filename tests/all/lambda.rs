@@ -186,9 +186,35 @@ fn an_sqs_batch_reports_exactly_the_records_to_deliver_again() -> anyhow::Result
     let received = rt.block_on(sqs::receive_all(&client, &queue.url))?;
     assert_eq!(received.len(), bodies.len());
     let handlers = handlers()?;
-    let mut function = Function::start(handlers.path(), &[])?;
+    let receiver = jobhost_tests::OtlpReceiver::start()?;
+    let endpoint = receiver.endpoint();
+    let otlp = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
+    ];
+    let mut function = Function::start(handlers.path(), &otlp)?;
     let (status, response) = function.invoke(&event_for(&queue, &received))?;
+    let answered = std::time::Instant::now();
     assert_eq!(status, 200, "{response}\n{}", function.log());
+    // The spans are exported before the answer, not after the 5 s batch delay: a frozen
+    // environment would never send them.
+    while receiver.spans().len() < 5 && answered.elapsed() < Duration::from_secs(3) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut processed: Vec<String> = receiver.spans().iter().map(|s| s.name.clone()).collect();
+    processed.sort();
+    assert_eq!(
+        processed,
+        [
+            "process (unknown)",
+            "process echo",
+            "process echo",
+            "process permanent",
+            "process transient"
+        ],
+        "exported {:?} after the answer",
+        answered.elapsed()
+    );
     // The retried record and the one not yet due; not the done ones, not the dead letters.
     let mut expected = vec![ids[2].clone(), ids[4].clone()];
     expected.sort();

@@ -503,3 +503,105 @@ fn changing_calls_need_the_admin_token_when_one_is_set_and_none_in_read_only_mod
     assert_eq!(status, 200);
     Ok(())
 }
+
+#[test]
+fn one_trace_shows_the_request_its_job_the_child_jobs_and_the_retries() -> anyhow::Result<()> {
+    let receiver = jobhost_tests::OtlpReceiver::start()?;
+    let handlers = Handlers::new()?;
+    handlers.add(fixtures::ECHO, "echo")?;
+    handlers.add(fixtures::TRANSIENT, "transient")?;
+    let dir = tempfile::tempdir()?;
+    let db = dir.path().join("q.db");
+    let port = free_port()?;
+    let _host = Killed(
+        jobhost_command()?
+            .args(["run", "--plugins"])
+            .arg(handlers.path())
+            .arg("--db")
+            .arg(&db)
+            .args(["--http", &format!("127.0.0.1:{port}")])
+            .env("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint())
+            .env("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")
+            .env("OTEL_BSP_SCHEDULE_DELAY", "100")
+            .stdout(Stdio::null())
+            .spawn()?,
+    );
+    wait_for_http(port)?;
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let caller = "00f067aa0ba902b7";
+    let post = |body: Value| -> anyhow::Result<String> {
+        let mut stream = TcpStream::connect(("127.0.0.1", port))?;
+        let body = body.to_string();
+        write!(
+            stream,
+            "POST /jobs HTTP/1.1\r\nHost: 127.0.0.1\r\ntraceparent: 00-{trace}-{caller}-01\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response)?;
+        let answer: Value =
+            serde_json::from_str(response.split_once("\r\n\r\n").map_or("", |(_, b)| b))?;
+        Ok(answer["id"].as_str().unwrap_or_default().to_string())
+    };
+    post(json!({"job": "echo", "payload": {"message": "parent", "children": 2}}))?;
+    post(json!({"job": "transient", "payload": {"succeed_on": 2}}))?;
+
+    let find =
+        |spans: &[jobhost_tests::ReceivedSpan], name: &str| -> Vec<jobhost_tests::ReceivedSpan> {
+            spans.iter().filter(|s| s.name == name).cloned().collect()
+        };
+    wait_for("the spans of both trees", Duration::from_secs(60), || {
+        let spans = receiver.spans();
+        Ok(find(&spans, "process echo").len() == 3 && find(&spans, "process transient").len() == 2)
+    })
+    .map_err(|e| e.context(format!("{:#?}", receiver.spans())))?;
+    let spans = receiver.spans();
+    assert!(
+        spans.iter().all(|s| s.trace_id == trace),
+        "one trace: {spans:#?}"
+    );
+
+    // request → send echo → process echo → (its two children's) process echo
+    let send_echo = find(&spans, "send echo");
+    assert_eq!(send_echo.len(), 1, "{spans:#?}");
+    assert_eq!(send_echo[0].parent, caller);
+    assert_eq!(send_echo[0].attributes["messaging.operation.type"], "send");
+    let processes = find(&spans, "process echo");
+    let parent = processes
+        .iter()
+        .find(|s| s.parent == send_echo[0].span_id)
+        .unwrap_or_else(|| panic!("no process span under the send span: {spans:#?}"));
+    let children: Vec<_> = processes
+        .iter()
+        .filter(|s| s.parent == parent.span_id)
+        .collect();
+    assert_eq!(children.len(), 2, "{spans:#?}");
+    for key in [
+        "messaging.system",
+        "messaging.operation.type",
+        "messaging.message.id",
+        "messaging.destination.name",
+    ] {
+        assert!(parent.attributes.contains_key(key), "{key}: {parent:#?}");
+    }
+    assert_eq!(parent.attributes["messaging.operation.type"], "process");
+    assert!(
+        parent.events.iter().any(|e| e.contains("echoing parent")),
+        "guest log as an event: {parent:#?}"
+    );
+
+    // request → send transient → two attempts, the first failed with its reason.
+    let send = find(&spans, "send transient");
+    assert_eq!(send.len(), 1);
+    let attempts = find(&spans, "process transient");
+    assert!(
+        attempts.iter().all(|s| s.parent == send[0].span_id),
+        "{attempts:#?}"
+    );
+    let failed: Vec<_> = attempts
+        .iter()
+        .filter_map(|s| s.attributes.get("error.type"))
+        .collect();
+    assert_eq!(failed, ["transient"], "{attempts:#?}");
+    Ok(())
+}

@@ -708,3 +708,89 @@ fn the_sqs_poller_serves_its_metrics_on_a_listener_of_their_own() -> anyhow::Res
     assert!(!text.contains("jobhost_jobs{"), "{text}");
     Ok(())
 }
+
+#[test]
+fn the_trace_context_travels_through_sqs_from_enqueue_to_the_job() -> anyhow::Result<()> {
+    let rt = sqs::runtime()?;
+    let client = rt.block_on(sqs::client())?;
+    let queue = rt.block_on(sqs::queue_pair(&client, "traces", 30, false))?;
+    let handlers = handlers()?;
+    let receiver = jobhost_tests::OtlpReceiver::start()?;
+    let otlp = |command: &mut std::process::Command| {
+        command
+            .env("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint())
+            .env("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")
+            .env("OTEL_BSP_SCHEDULE_DELAY", "100");
+    };
+    let trace = "0af7651916cd43dd8448eb211c80319c";
+    let mut enqueue = jobhost_command()?;
+    enqueue
+        .args([
+            "enqueue",
+            "--queue",
+            &queue.url,
+            "echo",
+            r#"{"message": "traced"}"#,
+        ])
+        .env("TRACEPARENT", format!("00-{trace}-b7ad6b7169203331-01"));
+    sqs::aws_env(&mut enqueue)?;
+    otlp(&mut enqueue);
+    let out = enqueue.output()?;
+    assert!(out.status.success(), "{out:?}");
+    // The message carries it as an attribute and in its envelope.
+    let attribute = rt.block_on(async {
+        client
+            .receive_message()
+            .queue_url(&queue.url)
+            .message_attribute_names("All")
+            .visibility_timeout(0)
+            .wait_time_seconds(2)
+            .send()
+            .await
+    })?;
+    let message = attribute.messages().first().cloned();
+    let carried = message
+        .as_ref()
+        .and_then(|m| m.message_attributes())
+        .and_then(|a| a.get("traceparent"))
+        .and_then(|v| v.string_value())
+        .unwrap_or_default()
+        .to_string();
+    assert!(carried.starts_with(&format!("00-{trace}-")), "{message:?}");
+    let body: Value =
+        serde_json::from_str(message.and_then(|m| m.body).as_deref().unwrap_or("{}"))?;
+    assert_eq!(body["traceparent"], carried.as_str());
+
+    let mut run = jobhost_command()?;
+    run.args([
+        "run",
+        "--queue",
+        &queue.url,
+        "--sqs-wait",
+        "1s",
+        "--drain",
+        "--plugins",
+    ])
+    .arg(handlers.path());
+    sqs::aws_env(&mut run)?;
+    otlp(&mut run);
+    let out = run.output()?;
+    assert!(out.status.success(), "{out:?}");
+    crate::process::wait_for("the process span", Duration::from_secs(30), || {
+        Ok(receiver.spans().iter().any(|s| s.name == "process echo"))
+    })?;
+    let spans = receiver.spans();
+    let send = spans
+        .iter()
+        .find(|s| s.name == "send echo")
+        .expect("a send span");
+    let process = spans
+        .iter()
+        .find(|s| s.name == "process echo")
+        .expect("a process span");
+    assert_eq!(send.trace_id, trace);
+    assert_eq!(process.trace_id, trace);
+    assert_eq!(process.parent, send.span_id, "{spans:#?}");
+    assert_eq!(process.attributes["messaging.system"], "aws_sqs");
+    Ok(())
+}

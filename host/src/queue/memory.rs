@@ -110,6 +110,7 @@ impl Queue for MemoryQueue {
                     }),
                     group: None,
                     due: Some(entry.run_at),
+                    trace_parent: None,
                 });
             }
         }

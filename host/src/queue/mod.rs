@@ -45,6 +45,8 @@ pub struct NewJob {
     /// The ordering group (SQS FIFO `MessageGroupId`; default: the job name). Jobs of one
     /// group run one at a time, in order. Other queues ignore it.
     pub group: Option<String>,
+    /// The W3C trace context it carries (`traceparent`).
+    pub trace_parent: Option<String>,
 }
 
 impl NewJob {
@@ -60,6 +62,7 @@ impl NewJob {
             max_attempts: None,
             parent_id: None,
             group: None,
+            trace_parent: None,
         }
     }
 
@@ -76,6 +79,7 @@ impl NewJob {
             max_attempts: None,
             parent_id: Some(parent_id.to_string()),
             group: None,
+            trace_parent: None,
         }
     }
 }
@@ -123,6 +127,8 @@ pub struct Delivered {
     pub group: Option<String>,
     /// When it became due, when the queue knows (its wait time counts from here).
     pub due: Option<SystemTime>,
+    /// The W3C trace context it carries (`traceparent`), if any.
+    pub trace_parent: Option<String>,
 }
 
 /// What one run of a job cost.

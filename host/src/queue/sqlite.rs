@@ -229,7 +229,7 @@ impl SqliteQueue {
              WHERE seq IN (SELECT seq FROM jobs INDEXED BY jobs_due WHERE state = 'queued' AND run_at <= ?3
                                AND name NOT IN (SELECT name FROM paused)
                            ORDER BY priority DESC, run_at, seq LIMIT ?4)
-             RETURNING id, name, payload, attempts, max_attempts, created_at, body, run_at",
+             RETURNING id, name, payload, attempts, max_attempts, created_at, body, run_at, traceparent",
         )?;
         let rows = statement.query_map(params![self.owner, until, now, max as i64], |row| {
             Ok((
@@ -241,14 +241,17 @@ impl SqliteQueue {
                 row.get::<_, i64>(5)?,
                 row.get::<_, Option<Vec<u8>>>(6)?,
                 row.get::<_, i64>(7)?,
+                row.get::<_, Option<String>>(8)?,
             ))
         })?;
         let mut delivered = Vec::new();
         for row in rows {
-            let (id, name, payload, attempts, max_attempts, created_at, body, run_at) = row?;
+            let (id, name, payload, attempts, max_attempts, created_at, body, run_at, trace_parent) =
+                row?;
             let mut one =
                 to_delivered(id, name, &payload, attempts, max_attempts, created_at, body);
             one.due = Some(from_ms(run_at));
+            one.trace_parent = trace_parent;
             delivered.push(one);
         }
         drop(statement);
@@ -609,8 +612,8 @@ fn insert_job(tx: &Transaction<'_>, job: &NewJob, now: i64) -> Result<Enqueued, 
     let run_at = job.run_at.map_or(now, to_ms);
     tx.prepare_cached(
         "INSERT INTO jobs (id, name, payload, state, priority, run_at, max_attempts, unique_key, parent_id,
-             created_at, updated_at)
-         VALUES (?1, ?2, ?3, 'queued', ?4, ?5, ?6, ?7, ?8, ?9, ?9)",
+             created_at, updated_at, traceparent)
+         VALUES (?1, ?2, ?3, 'queued', ?4, ?5, ?6, ?7, ?8, ?9, ?9, ?10)",
     )?
     .execute(params![
         id,
@@ -621,7 +624,8 @@ fn insert_job(tx: &Transaction<'_>, job: &NewJob, now: i64) -> Result<Enqueued, 
         job.max_attempts,
         job.unique_key,
         job.parent_id,
-        now
+        now,
+        job.trace_parent
     ])?;
     Ok(Enqueued::Created(id))
 }
@@ -768,6 +772,7 @@ fn to_delivered(
         message,
         group: None,
         due: None,
+        trace_parent: None,
     }
 }
 

@@ -325,6 +325,11 @@ impl SqsQueue {
                         .get(&MessageSystemAttributeName::MessageGroupId)
                         .cloned(),
                     sent_ms: attr(MessageSystemAttributeName::SentTimestamp),
+                    trace_parent: message
+                        .message_attributes
+                        .as_ref()
+                        .and_then(|a| a.get("traceparent"))
+                        .and_then(|v| v.string_value.clone()),
                     body: message.body.unwrap_or_default().into_bytes(),
                 })
             })
@@ -512,9 +517,20 @@ impl SqsQueue {
         if !delay.is_zero() && !use_delay_seconds {
             envelope["notBefore"] = millis(now + delay).into();
         }
+        if let Some(trace_parent) = &job.trace_parent {
+            envelope["traceparent"] = trace_parent.clone().into();
+        }
         let mut entry = SendMessageBatchRequestEntry::builder()
             .id("0")
             .message_body(envelope.to_string());
+        if let Some(trace_parent) = &job.trace_parent {
+            let attribute = MessageAttributeValue::builder()
+                .data_type("String")
+                .string_value(trace_parent)
+                .build()
+                .map_err(|e| QueueError(e.to_string()))?;
+            entry = entry.message_attributes("traceparent", attribute);
+        }
         if use_delay_seconds {
             entry = entry.delay_seconds(secs(delay).max(1));
         }
@@ -816,6 +832,8 @@ pub struct SqsRecord {
     pub group: Option<String>,
     /// `SentTimestamp`, in ms since the epoch.
     pub sent_ms: Option<u64>,
+    /// The `traceparent` message attribute.
+    pub trace_parent: Option<String>,
 }
 
 /// Received records sorted by what to do with them now.
@@ -853,6 +871,7 @@ pub fn sort_records(records: Vec<SqsRecord>, now: SystemTime, max_hide: Duration
                 .then(|| not_before.max(record.sent_ms))
                 .flatten()
                 .map(|ms| UNIX_EPOCH + Duration::from_millis(ms)),
+            trace_parent: record.trace_parent,
         };
         if let Some(due) = not_before.filter(|due| *due > now) {
             blocked.extend(delivered.group.clone());

@@ -19,6 +19,7 @@ use crate::dispatch::{Delivery, Dispatcher};
 use crate::metrics::{Metrics, emf_line};
 use crate::queue::{Delivered, Message, Settlement};
 use crate::run::live::Running;
+use crate::telemetry;
 
 /// What became of one delivery of a unit.
 #[derive(Debug)]
@@ -82,6 +83,8 @@ pub struct Executor {
     metrics: Option<Arc<Metrics>>,
     emf_namespace: Option<String>,
     running: Option<Arc<Running>>,
+    /// `messaging.system` and `messaging.destination.name` of the process spans.
+    destination: (&'static str, String),
 }
 
 impl Executor {
@@ -107,7 +110,15 @@ impl Executor {
             metrics: None,
             emf_namespace: None,
             running: None,
+            destination: ("jobhost", "jobhost".into()),
         }
+    }
+
+    /// Names the queue in the process spans: `system` (`messaging.system`, e.g. `aws_sqs`)
+    /// and `name` (`messaging.destination.name`).
+    pub fn with_destination(mut self, system: &'static str, name: String) -> Self {
+        self.destination = (system, name);
+        self
     }
 
     /// Registers every job in `running` while it runs, so it can be steered (live
@@ -170,6 +181,25 @@ impl Executor {
     }
 
     fn process(&self, delivered: Delivered, deadline: Option<SystemTime>) -> Settlement {
+        let name = match &delivered.message {
+            Message::Envelope(envelope) => Some(envelope.job.clone()),
+            // Raw bodies (SQS) are parsed by dispatch; read just the name for the gate
+            // and the span.
+            Message::Raw(body) if !self.gates.is_empty() || telemetry::enabled() => job_name(body),
+            Message::Raw(_) => None,
+        };
+        let span = telemetry::enabled().then(|| {
+            let (system, destination) = &self.destination;
+            let job = Metrics::job_label(self.dispatcher.plugins(), name.as_deref());
+            telemetry::process_span(
+                job,
+                &delivered.id,
+                system,
+                destination,
+                delivered.trace_parent.as_deref(),
+            )
+        });
+        let _entered = span.as_ref().map(|s| s.enter());
         let live = self.running.as_ref().map(|r| r.start(&delivered.id));
         let delivery = Delivery {
             fallback_id: Some(delivered.id.clone()),
@@ -178,14 +208,7 @@ impl Executor {
             live,
             ..Delivery::default()
         };
-        let gate = match &delivered.message {
-            Message::Envelope(envelope) => self.gates.get(&envelope.job).cloned(),
-            // Raw bodies (SQS) are parsed by dispatch; read just the name for the gate.
-            Message::Raw(body) if !self.gates.is_empty() => {
-                job_name(body).and_then(|name| self.gates.get(&name).cloned())
-            }
-            Message::Raw(_) => None,
-        };
+        let gate = name.as_ref().and_then(|name| self.gates.get(name).cloned());
         if let Some(gate) = &gate {
             gate.enter();
         }
@@ -205,11 +228,21 @@ impl Executor {
         if let Some(running) = &self.running {
             running.finish(&delivered.id);
         }
+        if let Some(span) = &span {
+            trace_report(span, &report);
+        }
         let wait = delivered
             .due
             .map(|due| started.duration_since(due).unwrap_or_default());
         let mut settlement = Settlement::of_report(delivered, report, self.clock.now());
         settlement.cost.wait = wait;
+        if let Some(span) = &span {
+            // Follow-up jobs are children of this delivery.
+            let parent = telemetry::traceparent(span);
+            for child in &mut settlement.children {
+                child.trace_parent.clone_from(&parent);
+            }
+        }
         if let Some(metrics) = &self.metrics {
             metrics.finished(&settlement);
         }
@@ -218,6 +251,26 @@ impl Executor {
             println!("{}", emf_line(&settlement, job, namespace, settlement.at));
         }
         settlement
+    }
+}
+
+/// Puts what a delivery did on its process span: the outcome, the reason as `error.type`,
+/// and the guest's log lines as events.
+fn trace_report(span: &tracing::Span, report: &crate::job::Report) {
+    span.record("jobhost.attempt", report.attempt);
+    span.record("jobhost.outcome", report.outcome.kind());
+    if let Some(reason) = report.outcome.reason() {
+        span.record("error.type", reason.as_str());
+        span.record("otel.status_code", "ERROR");
+    }
+    for line in &report.logs {
+        tracing::info!(
+            target: telemetry::TARGET,
+            level = ?line.level,
+            source = line.source,
+            "{}",
+            line.message
+        );
     }
 }
 

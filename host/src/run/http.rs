@@ -162,6 +162,8 @@ pub struct ApiParts<Q> {
     pub running: Option<Arc<Running>>,
     /// Who may change things.
     pub access: Access,
+    /// The queue's name in traces (`messaging.destination.name`).
+    pub destination: String,
 }
 
 struct Api<Q> {
@@ -172,6 +174,7 @@ struct Api<Q> {
     settled: Arc<Notify>,
     running: Option<Arc<Running>>,
     access: Arc<Access>,
+    destination: Arc<str>,
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -189,6 +192,7 @@ impl<Q> Clone for Api<Q> {
             settled: self.settled.clone(),
             running: self.running.clone(),
             access: self.access.clone(),
+            destination: self.destination.clone(),
         }
     }
 }
@@ -204,6 +208,7 @@ pub fn router<Q: Inspect + Administer>(parts: ApiParts<Q>) -> Router {
         metrics,
         running,
         access,
+        destination,
     } = parts;
     let limit = dispatcher.options().max_body_bytes;
     Router::new()
@@ -227,6 +232,7 @@ pub fn router<Q: Inspect + Administer>(parts: ApiParts<Q>) -> Router {
             settled,
             running,
             access: Arc::new(access),
+            destination: destination.into(),
         })
         .merge(metrics_router(metrics, Some(stats_reader(queue))))
 }
@@ -256,7 +262,11 @@ fn error(status: StatusCode, body: serde_json::Value) -> Response {
     (status, axum::Json(body)).into_response()
 }
 
-async fn create_job<Q: Inspect>(State(api): State<Api<Q>>, body: Bytes) -> Response {
+async fn create_job<Q: Inspect>(
+    State(api): State<Api<Q>>,
+    headers: axum::http::HeaderMap,
+    body: Bytes,
+) -> Response {
     let request: JobRequest = match serde_json::from_slice(&body) {
         Ok(request) => request,
         Err(e) => {
@@ -287,7 +297,18 @@ async fn create_job<Q: Inspect>(State(api): State<Api<Q>>, body: Bytes) -> Respo
             return error(StatusCode::BAD_REQUEST, json!({"error": message}));
         }
     };
-    match api.queue.enqueue(vec![job]).await {
+    let mut jobs = vec![job];
+    let parent = headers.get("traceparent").and_then(|v| v.to_str().ok());
+    let spans = crate::telemetry::sending(&mut jobs, "jobhost", &api.destination, parent);
+    let enqueue = api.queue.enqueue(jobs);
+    let enqueued = match spans.first() {
+        Some(span) => {
+            use tracing::Instrument as _;
+            enqueue.instrument(span.clone()).await
+        }
+        None => enqueue.await,
+    };
+    match enqueued {
         Ok(mut enqueued) => {
             api.wake.notify_one();
             let (id, duplicate) = match enqueued.pop() {

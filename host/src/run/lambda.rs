@@ -120,7 +120,12 @@ impl LambdaHost {
     ) -> Self {
         Self {
             executor: Arc::new(
-                Executor::new(dispatcher, clock).with_emf(options.metrics_namespace.clone()),
+                Executor::new(dispatcher, clock)
+                    .with_emf(options.metrics_namespace.clone())
+                    .with_destination(
+                        "aws_sqs",
+                        std::env::var("AWS_LAMBDA_FUNCTION_NAME").unwrap_or_default(),
+                    ),
             ),
             client,
             options: LambdaOptions {
@@ -415,6 +420,10 @@ fn read_record(message: SqsMessage) -> Result<(String, SqsRecord), Option<String
         first_receive_ms: number("ApproximateFirstReceiveTimestamp"),
         group: message.attributes.get("MessageGroupId").cloned(),
         sent_ms: number("SentTimestamp"),
+        trace_parent: message
+            .message_attributes
+            .get("traceparent")
+            .and_then(|v| v.string_value.clone()),
         body: message.body.unwrap_or_default().into_bytes(),
         id,
         receipt,
@@ -459,6 +468,10 @@ pub async fn run(host: Arc<LambdaHost>) -> Result<(), lambda_runtime::Error> {
             let result = host.handle(event.payload, deadline).await;
             if let Err(error) = &result {
                 tracing::warn!(error_type = error.error_type(), error = %error, "the invocation answers a function error");
+            }
+            if crate::telemetry::enabled() {
+                // The environment is frozen once the answer is out: export the spans now.
+                let _ = tokio::task::spawn_blocking(crate::telemetry::flush).await;
             }
             result
         }

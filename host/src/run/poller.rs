@@ -150,6 +150,7 @@ pub struct Runner<Q: Queue> {
     settled: Arc<Notify>,
     metrics: Option<Arc<Metrics>>,
     running: Option<Arc<Running>>,
+    destination: (&'static str, String),
 }
 
 impl<Q: Queue> Runner<Q> {
@@ -169,7 +170,14 @@ impl<Q: Queue> Runner<Q> {
             settled: Arc::new(Notify::new()),
             metrics: None,
             running: None,
+            destination: ("jobhost", "jobhost".into()),
         }
+    }
+
+    /// Names the queue in the process spans (see [`Executor::with_destination`]).
+    pub fn with_destination(mut self, system: &'static str, name: String) -> Self {
+        self.destination = (system, name);
+        self
     }
 
     /// Registers every running job in `running` (see [`crate::run::live`]).
@@ -371,7 +379,8 @@ impl<Q: Queue> Runner<Q> {
         let executor = Arc::new(
             Executor::new(self.dispatcher.clone(), self.clock.clone())
                 .with_metrics(self.metrics.clone())
-                .with_running(self.running.clone()),
+                .with_running(self.running.clone())
+                .with_destination(self.destination.0, self.destination.1.clone()),
         );
         (0..self.options.concurrency)
             .filter_map(|index| {

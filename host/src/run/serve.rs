@@ -204,8 +204,15 @@ async fn serve_sqs(
         let router = crate::run::http::metrics_router(metrics.clone(), None);
         listen(addr, router, &stopped, "metrics").await?;
     }
-    let runner =
-        Runner::new(Arc::new(queue), dispatcher, Arc::new(SystemClock), run).with_metrics(metrics);
+    let name = queue
+        .url()
+        .rsplit('/')
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    let runner = Runner::new(Arc::new(queue), dispatcher, Arc::new(SystemClock), run)
+        .with_metrics(metrics)
+        .with_destination("aws_sqs", name);
     Ok(runner.run(stopped).await)
 }
 
@@ -250,7 +257,8 @@ async fn serve_sqlite(
         run.clone(),
     )
     .with_metrics(metrics.clone())
-    .with_running(Some(running.clone()));
+    .with_running(Some(running.clone()))
+    .with_destination("jobhost", db.display().to_string());
     tokio::spawn(crate::run::live::steer(
         queue.clone(),
         running.clone(),
@@ -274,6 +282,7 @@ async fn serve_sqlite(
                 read_only: config.read_only,
                 loopback,
             },
+            destination: db.display().to_string(),
         });
         listen(addr, router, &stopped, "HTTP API").await?;
     }

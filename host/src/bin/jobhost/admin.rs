@@ -94,12 +94,18 @@ pub fn enqueue(args: EnqueueArgs) -> anyhow::Result<ExitCode> {
         eprintln!("nothing enqueued: {rejected} job(s) rejected");
         return Ok(ExitCode::from(EXIT_USAGE));
     }
+    // A trace to continue, as the OpenTelemetry environment-carrier convention passes it.
+    let parent = std::env::var("TRACEPARENT").ok();
     if let Some(queue) = args.queue.sqs() {
         for job in &mut jobs {
             job.group = args.group.clone();
         }
+        let name = queue.rsplit('/').next().unwrap_or(&queue).to_string();
+        let _spans = jobhost::telemetry::sending(&mut jobs, "aws_sqs", &name, parent.as_deref());
         return enqueue_sqs(&args, &queue, jobs);
     }
+    let name = args.db.db.display().to_string();
+    let _spans = jobhost::telemetry::sending(&mut jobs, "jobhost", &name, parent.as_deref());
     let queue = open(&args.db)?;
     for enqueued in block_on(Queue::enqueue(&queue, jobs))? {
         match enqueued {

@@ -50,7 +50,10 @@ fn main() -> ExitCode {
             (BoxMakeWriter::new(writer), Some(flush))
         }
     };
-    init_tracing(cli.log_format, &filter, writer);
+    if let Err(error) = init_tracing(cli.log_format, &filter, writer) {
+        eprintln!("error: {error}");
+        return ExitCode::from(EXIT_USAGE);
+    }
     let result = match cli.command {
         Command::Exec(args) => exec(args),
         Command::Inspect(args) => inspect(args),
@@ -67,6 +70,7 @@ fn main() -> ExitCode {
         Command::Lambda(args) => lambda::run(args),
         Command::Package(args) => package::run(args),
     };
+    jobhost::telemetry::shutdown();
     // The queued log lines first, then the final error.
     drop(flush);
     result.unwrap_or_else(|error| {
@@ -89,9 +93,15 @@ fn non_blocking_stderr() -> (NonBlocking, WorkerGuard) {
         .finish(std::io::stderr())
 }
 
-fn init_tracing(format: LogFormat, filter: &str, writer: BoxMakeWriter) {
+/// Logs to `writer` through `filter`; with an OTLP endpoint in the environment, also spans
+/// to it (see `jobhost::telemetry`), which the log output leaves out.
+fn init_tracing(format: LogFormat, filter: &str, writer: BoxMakeWriter) -> Result<(), String> {
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let filter = match format!("{}=off", jobhost::telemetry::TARGET).parse() {
+        Ok(directive) => filter.add_directive(directive),
+        Err(_) => filter,
+    };
     use tracing_subscriber::Layer as _;
     use tracing_subscriber::layer::SubscriberExt as _;
     use tracing_subscriber::util::SubscriberInitExt as _;
@@ -109,11 +119,25 @@ fn init_tracing(format: LogFormat, filter: &str, writer: BoxMakeWriter) {
     let hint = filter
         .max_level_hint()
         .unwrap_or(tracing_subscriber::filter::LevelFilter::TRACE);
-    let echo = tracing_subscriber::filter::filter_fn(|meta| !is_function_error_echo(meta))
-        .with_max_level_hint(hint);
+    let echo = tracing_subscriber::filter::filter_fn(move |meta| {
+        *meta.level() <= hint && !is_function_error_echo(meta)
+    })
+    .with_max_level_hint(hint);
+    let spans = jobhost::telemetry::start()?.map(|tracer| {
+        tracing_opentelemetry::layer()
+            .with_tracer(tracer)
+            .with_filter(
+                tracing_subscriber::filter::Targets::new()
+                    // Info, the level of every span and event it takes: a higher hint would
+                    // let every `log` record of the dependencies through to the filters again.
+                    .with_target(jobhost::telemetry::TARGET, tracing::Level::INFO),
+            )
+    });
     tracing_subscriber::registry()
         .with(layer.with_filter(filter).with_filter(echo))
+        .with(spans)
         .init();
+    Ok(())
 }
 
 /// The Lambda runtime logs every function error from its panic-catching layer, as the
