@@ -9,6 +9,8 @@ same `peer=... key=value` result line as ../shared/bench/peers (so median.py wor
    (POST /jobs, then GET /jobs/{id}?wait_ms=...) -> p50/p99 enqueue-to-done, in ms
 
 Usage: throughput.py JOBHOST_BIN HANDLERS_DIR [N] [C] [PROBE]
+JOBHOST_BENCH_RUN_ARGS adds flags to the drain's `jobhost run` (e.g. `--metrics 127.0.0.1:0`
+to measure it with metrics on); JOBHOST_BENCH_LABEL names the result line's peer.
 Durability: WAL with synchronous=NORMAL (a commit survives a crash of the process; the last
 commits before a power loss may not).
 """
@@ -75,7 +77,8 @@ def main():
     enqueue_s = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    drain = subprocess.Popen([jobhost, "run", "--db", db, "--plugins", handlers, "--drain", "--concurrency", str(c)],
+    extra = os.environ.get("JOBHOST_BENCH_RUN_ARGS", "").split()
+    drain = subprocess.Popen([jobhost, "run", "--db", db, "--plugins", handlers, "--drain", "--concurrency", str(c)] + extra,
                              stdout=subprocess.PIPE, stderr=log, text=True, env=env)
     stdout = drain.stdout.read()
     _, status, usage = os.wait4(drain.pid, 0)
@@ -110,7 +113,7 @@ def main():
         return lat[min(len(lat) - 1, int(p * len(lat)))]
 
     print(" ".join([
-        "peer=jobhost-sqlite-wal-normal", "n=%d" % n, "c=%d" % c,
+        "peer=%s" % os.environ.get("JOBHOST_BENCH_LABEL", "jobhost-sqlite-wal-normal"), "n=%d" % n, "c=%d" % c,
         "enqueue_per_s=%d" % round(n / enqueue_s),
         "process_per_s=%d" % round(n / drain_s),
         "enqueue_s=%.3f" % enqueue_s, "drain_s=%.3f" % drain_s,

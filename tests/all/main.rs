@@ -1,6 +1,7 @@
 //! jobhost's integration tests: one binary, a module per topic.
 
 mod cli;
+mod dashboard;
 mod examples;
 mod faults;
 mod harness;

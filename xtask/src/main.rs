@@ -190,6 +190,8 @@ const APT_PACKAGES: &[&str] = &[
     "libjsmn-dev",
     // Scrapes the host in the metrics test.
     "prometheus",
+    // The dashboard test's browser (driven by playwright-core from npm).
+    "chromium",
 ];
 
 impl Tools {
@@ -229,7 +231,8 @@ impl Tools {
             && Path::new("/usr/include/jsmn.h").is_file()
             && Command::new("clang").arg("--version").output().is_ok()
             && Command::new("wasm-ld").arg("--version").output().is_ok()
-            && Command::new("prometheus").arg("--version").output().is_ok();
+            && Command::new("prometheus").arg("--version").output().is_ok()
+            && Path::new("/usr/bin/chromium").is_file();
         if !c_ready {
             let sudo = !Command::new("id")
                 .arg("-u")
@@ -404,6 +407,13 @@ fn demo() -> Result {
 
 fn test() -> Result {
     build_examples()?;
+    // The dashboard test's browser driver, pinned by its lock file.
+    let walker = root().join("tests/dashboard");
+    if !walker.join("node_modules/playwright-core").is_dir() {
+        run(Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund"])
+            .current_dir(&walker))?;
+    }
     // The binary the tests run and the tests themselves, in one build with the features
     // `cargo test` unifies, so that it builds nothing again; `cross`: the tests package
     // handlers for arm64 too.

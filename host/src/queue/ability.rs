@@ -32,6 +32,13 @@ pub trait Inspect: Queue {
     /// Counts by job name and state, and the age of the oldest due job.
     fn stats(&self) -> impl Future<Output = Result<Stats, QueueError>> + Send;
 
+    /// Jobs done and dead per minute since `since_ms`: `(minute since the epoch, state,
+    /// count)` rows.
+    fn finished_per_minute(
+        &self,
+        since_ms: i64,
+    ) -> impl Future<Output = Result<Vec<(i64, String, u64)>, QueueError>> + Send;
+
     /// Per job name, the run time and fuel of the jobs done since `since_ms` (ms since the
     /// Unix epoch).
     fn timings(
@@ -57,6 +64,9 @@ pub trait Administer: Queue {
 
     /// Deletes every dead job; returns how many.
     fn purge_dead(&self) -> impl Future<Output = Result<u64, QueueError>> + Send;
+
+    /// Deletes one dead job; false if there is no dead job with this id.
+    fn delete_dead(&self, id: &str) -> impl Future<Output = Result<bool, QueueError>> + Send;
 }
 
 /// Steering running jobs, for the runner: their progress written through while they run,
@@ -95,6 +105,10 @@ pub struct JobFilter {
     pub name: Option<String>,
     /// At most this many.
     pub limit: usize,
+    /// Skip this many first (paging).
+    pub offset: usize,
+    /// Only the follow-up jobs of this job.
+    pub parent: Option<String>,
 }
 
 /// Which dead jobs [`Administer::redrive`] puts back.
@@ -157,6 +171,8 @@ pub struct JobRecord {
     pub cost: Option<CostRecord>,
     /// A cancellation was asked for while it ran; the host running it stops it.
     pub cancel_requested: bool,
+    /// The log lines of its latest attempt (`level`, `source`, `message`).
+    pub logs: Vec<Value>,
 }
 
 /// What a job's latest attempt cost, as stored.

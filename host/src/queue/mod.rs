@@ -21,7 +21,7 @@ use std::time::{Duration, SystemTime};
 use serde_json::Value;
 
 use crate::job::Envelope;
-use crate::job::{EnqueuedJob, Outcome, Progress, Report};
+use crate::job::{EnqueuedJob, LogLine, Outcome, Progress, Report};
 
 /// A job to enqueue.
 #[derive(Clone, Debug, PartialEq)]
@@ -162,6 +162,8 @@ pub struct Settlement {
     pub job: Option<String>,
     /// What the run cost.
     pub cost: Cost,
+    /// What the run logged (kept with the job where the queue can).
+    pub logs: Vec<LogLine>,
 }
 
 impl Settlement {
@@ -175,6 +177,7 @@ impl Settlement {
             children: Vec::new(),
             job: None,
             cost: Cost::default(),
+            logs: Vec::new(),
         }
     }
 
@@ -202,6 +205,7 @@ impl Settlement {
             children,
             job: report.job_name,
             cost,
+            logs: report.logs,
         }
     }
 

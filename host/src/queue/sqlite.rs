@@ -57,7 +57,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     wait_ms      INTEGER,
     peak_memory  INTEGER,
     cancel_requested INTEGER NOT NULL DEFAULT 0,
-    traceparent  TEXT
+    traceparent  TEXT,
+    logs         TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_due ON jobs (priority DESC, run_at, seq) WHERE state = 'queued';
 CREATE INDEX IF NOT EXISTS jobs_leased ON jobs (lease_until) WHERE state = 'running';
@@ -360,13 +361,58 @@ impl SqliteQueue {
         name: Option<&str>,
         limit: usize,
     ) -> Result<Vec<JobRecord>, QueueError> {
+        self.list_filtered(&JobFilter {
+            state: state.map(str::to_string),
+            name: name.map(str::to_string),
+            limit,
+            ..JobFilter::default()
+        })
+    }
+
+    /// Jobs, newest first, as `filter` says.
+    pub fn list_filtered(&self, filter: &JobFilter) -> Result<Vec<JobRecord>, QueueError> {
         let conn = self.lock();
         let mut statement = conn.prepare_cached(&format!(
             "SELECT {RECORD_COLUMNS} FROM jobs WHERE (?1 IS NULL OR state = ?1) AND (?2 IS NULL OR name = ?2)
-             ORDER BY seq DESC LIMIT ?3"
+                 AND (?5 IS NULL OR parent_id = ?5)
+             ORDER BY seq DESC LIMIT ?3 OFFSET ?4"
         ))?;
-        let rows = statement.query_map(params![state, name, limit as i64], to_record)?;
+        let rows = statement.query_map(
+            params![
+                filter.state,
+                filter.name,
+                filter.limit as i64,
+                filter.offset as i64,
+                filter.parent
+            ],
+            to_record,
+        )?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Jobs done and dead per minute since `since_ms`.
+    pub fn finished_per_minute_since(
+        &self,
+        since_ms: i64,
+    ) -> Result<Vec<(i64, String, u64)>, QueueError> {
+        let conn = self.lock();
+        let mut statement = conn.prepare_cached(
+            "SELECT finished_at / 60000, 'done', COUNT(*) FROM jobs INDEXED BY jobs_done
+                 WHERE state = 'done' AND finished_at >= ?1 GROUP BY 1
+             UNION ALL
+             SELECT finished_at / 60000, 'dead', COUNT(*) FROM jobs
+                 WHERE state = 'dead' AND finished_at >= ?1 GROUP BY 1",
+        )?;
+        let rows = statement.query_map([since_ms], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)?.unsigned_abs()))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Deletes one dead job.
+    pub fn delete_dead(&self, id: &str) -> Result<bool, QueueError> {
+        let conn = self.lock();
+        Ok(conn.execute("DELETE FROM jobs WHERE id = ?1 AND state = 'dead'", [id])? == 1)
     }
 
     /// Cancels a queued job; for a running one, asks the host running it to stop it.
@@ -566,7 +612,8 @@ fn open_checked(path: &Path) -> Result<Connection, QueueError> {
     Ok(conn)
 }
 
-/// The columns version 2 added to `jobs` (what each run cost, cancellation, trace context).
+/// The columns version 2 added to `jobs` (what each run cost, cancellation, trace context,
+/// the latest attempt's log).
 const V2_COLUMNS: &str = "
 ALTER TABLE jobs ADD COLUMN started_at INTEGER;
 ALTER TABLE jobs ADD COLUMN fuel INTEGER;
@@ -575,6 +622,7 @@ ALTER TABLE jobs ADD COLUMN wait_ms INTEGER;
 ALTER TABLE jobs ADD COLUMN peak_memory INTEGER;
 ALTER TABLE jobs ADD COLUMN cancel_requested INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE jobs ADD COLUMN traceparent TEXT;
+ALTER TABLE jobs ADD COLUMN logs TEXT;
 ";
 
 fn migrate(conn: &Connection) -> Result<(), QueueError> {
@@ -677,16 +725,18 @@ fn settle_one(
     let wait_ms = cost
         .wait
         .map(|w| i64::try_from(w.as_millis()).unwrap_or(i64::MAX));
+    let logs = (!settlement.logs.is_empty())
+        .then(|| serde_json::to_string(&settlement.logs).unwrap_or_default());
     let changed = match &settlement.outcome {
         Outcome::Done { output } => {
             let progress = settlement.progress.as_ref().map(|p| serde_json::to_string(p).unwrap_or_default());
             tx.prepare_cached(
                 "UPDATE jobs SET state = 'done', output = ?1, progress = ?2, finished_at = ?3, updated_at = ?3,
                      lease_owner = NULL, lease_until = NULL, reason = NULL,
-                     fuel = ?6, run_us = ?7, wait_ms = ?8, peak_memory = ?9
+                     fuel = ?6, run_us = ?7, wait_ms = ?8, peak_memory = ?9, logs = ?10
                  WHERE id = ?4 AND state = 'running' AND lease_owner = ?5",
             )?
-            .execute(params![output, progress, now, id, owner, fuel, run_us, wait_ms, peak])?
+            .execute(params![output, progress, now, id, owner, fuel, run_us, wait_ms, peak, logs])?
         }
         Outcome::Retry {
             reason, message, ..
@@ -696,7 +746,7 @@ fn settle_one(
                      finished_at = CASE cancel_requested WHEN 0 THEN NULL ELSE ?4 END,
                      run_at = ?1, reason = ?2, last_error = ?3, updated_at = ?4,
                      lease_owner = NULL, lease_until = NULL, attempts = MAX(attempts - ?7, 0),
-                     fuel = ?8, run_us = ?9, wait_ms = ?10, peak_memory = ?11
+                     fuel = ?8, run_us = ?9, wait_ms = ?10, peak_memory = ?11, logs = ?12
                  WHERE id = ?5 AND state = 'running' AND lease_owner = ?6",
             )?
             .execute(params![
@@ -710,24 +760,25 @@ fn settle_one(
                 fuel,
                 run_us,
                 wait_ms,
-                peak
+                peak,
+                logs
             ])?,
         Outcome::DeadLetter { reason, message } => tx
             .prepare_cached(
                 "UPDATE jobs SET state = 'dead', reason = ?1, last_error = ?2, finished_at = ?3, updated_at = ?3,
                      lease_owner = NULL, lease_until = NULL,
-                     fuel = ?6, run_us = ?7, wait_ms = ?8, peak_memory = ?9
+                     fuel = ?6, run_us = ?7, wait_ms = ?8, peak_memory = ?9, logs = ?10
                  WHERE id = ?4 AND state = 'running' AND lease_owner = ?5",
             )?
-            .execute(params![reason.as_str(), message, now, id, owner, fuel, run_us, wait_ms, peak])?,
+            .execute(params![reason.as_str(), message, now, id, owner, fuel, run_us, wait_ms, peak, logs])?,
         Outcome::Cancelled { message } => tx
             .prepare_cached(
                 "UPDATE jobs SET state = 'cancelled', last_error = ?1, finished_at = ?2, updated_at = ?2,
                      lease_owner = NULL, lease_until = NULL,
-                     fuel = ?5, run_us = ?6, wait_ms = ?7, peak_memory = ?8
+                     fuel = ?5, run_us = ?6, wait_ms = ?7, peak_memory = ?8, logs = ?9
                  WHERE id = ?3 AND state = 'running' AND lease_owner = ?4",
             )?
-            .execute(params![message, now, id, owner, fuel, run_us, wait_ms, peak])?,
+            .execute(params![message, now, id, owner, fuel, run_us, wait_ms, peak, logs])?,
     };
     if changed == 0 {
         // The lease expired and another worker took the job: its result wins.
@@ -778,7 +829,7 @@ fn to_delivered(
 
 const RECORD_COLUMNS: &str = "id, name, payload, body, state, priority, run_at, attempts, max_attempts, lease_owner,
     lease_until, unique_key, last_error, reason, output, progress, parent_id, created_at, updated_at, finished_at,
-    started_at, fuel, run_us, wait_ms, peak_memory, cancel_requested";
+    started_at, fuel, run_us, wait_ms, peak_memory, cancel_requested, logs";
 
 fn to_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<JobRecord> {
     let payload: String = row.get(2)?;
@@ -820,6 +871,10 @@ fn to_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<JobRecord> {
             _ => None,
         },
         cancel_requested: row.get(25)?,
+        logs: row
+            .get::<_, Option<String>>(26)?
+            .and_then(|text| serde_json::from_str(&text).ok())
+            .unwrap_or_default(),
     })
 }
 
@@ -865,14 +920,15 @@ impl Inspect for SqliteQueue {
 
     async fn jobs(&self, filter: JobFilter) -> Result<Vec<JobRecord>, QueueError> {
         let queue = self.clone();
-        blocking(move || {
-            queue.list(
-                filter.state.as_deref(),
-                filter.name.as_deref(),
-                filter.limit,
-            )
-        })
-        .await
+        blocking(move || queue.list_filtered(&filter)).await
+    }
+
+    async fn finished_per_minute(
+        &self,
+        since_ms: i64,
+    ) -> Result<Vec<(i64, String, u64)>, QueueError> {
+        let queue = self.clone();
+        blocking(move || queue.finished_per_minute_since(since_ms)).await
     }
 
     async fn stats(&self) -> Result<Stats, QueueError> {
@@ -904,6 +960,11 @@ impl Administer for SqliteQueue {
     async fn purge_dead(&self) -> Result<u64, QueueError> {
         let queue = self.clone();
         blocking(move || queue.purge_dead()).await
+    }
+
+    async fn delete_dead(&self, id: &str) -> Result<bool, QueueError> {
+        let (queue, id) = (self.clone(), id.to_string());
+        blocking(move || queue.delete_dead(&id)).await
     }
 
     async fn pause(&self, name: &str) -> Result<bool, QueueError> {

@@ -13,6 +13,7 @@
 //!   and per job name the p50/p95 run time and fuel of the last hour's done jobs.
 //! - `GET /metrics` → Prometheus/OpenMetrics text (see the README's "Metrics").
 //! - `GET /healthz` → 200.
+//! - `/` and `/ui/...`: the dashboard ([`crate::run::dashboard`]).
 //!
 //! The changing calls (`DELETE /jobs/{id}`, the pause calls) answer 403 in `--read-only`
 //! mode; with an admin token set they need it (`Authorization: Bearer TOKEN`, else 401);
@@ -166,14 +167,15 @@ pub struct ApiParts<Q> {
     pub destination: String,
 }
 
-struct Api<Q> {
-    queue: Arc<Q>,
-    clock: Arc<dyn Clock>,
-    dispatcher: Arc<Dispatcher>,
-    wake: Arc<Notify>,
+/// What the API's and the dashboard's handlers share.
+pub(crate) struct Api<Q> {
+    pub(crate) queue: Arc<Q>,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) dispatcher: Arc<Dispatcher>,
+    pub(crate) wake: Arc<Notify>,
     settled: Arc<Notify>,
-    running: Option<Arc<Running>>,
-    access: Arc<Access>,
+    pub(crate) running: Option<Arc<Running>>,
+    pub(crate) access: Arc<Access>,
     destination: Arc<str>,
 }
 
@@ -219,6 +221,7 @@ pub fn router<Q: Inspect + Administer>(parts: ApiParts<Q>) -> Router {
             axum::routing::put(pause_name::<Q>).delete(resume_name::<Q>),
         )
         .route("/stats", get(show_stats::<Q>))
+        .merge(crate::run::dashboard::routes::<Q>())
         .route(
             "/healthz",
             get(|| async { axum::Json(json!({"status": "ok"})) }),

@@ -201,7 +201,12 @@ pub fn jobs(command: JobsCommand) -> anyhow::Result<ExitCode> {
             limit,
             json,
         } => {
-            let filter = JobFilter { state, name, limit };
+            let filter = JobFilter {
+                state,
+                name,
+                limit,
+                ..JobFilter::default()
+            };
             let records = block_on(Inspect::jobs(&open(&db)?, filter))?;
             print_records(&records, json);
             Ok(ExitCode::SUCCESS)
@@ -254,8 +259,8 @@ pub fn dlq(command: DlqCommand) -> anyhow::Result<ExitCode> {
         DlqCommand::List { db, limit } => {
             let filter = JobFilter {
                 state: Some("dead".into()),
-                name: None,
                 limit,
+                ..JobFilter::default()
             };
             print_records(&block_on(Inspect::jobs(&open(&db)?, filter))?, false);
         }
