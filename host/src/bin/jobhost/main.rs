@@ -133,10 +133,13 @@ fn init_tracing(format: LogFormat, filter: &str, writer: BoxMakeWriter) -> Resul
                     .with_target(jobhost::telemetry::TARGET, tracing::Level::INFO),
             )
     });
-    tracing_subscriber::registry()
-        .with(layer.with_filter(filter).with_filter(echo))
-        .with(spans)
-        .init();
+    let registry = tracing_subscriber::registry().with(layer.with_filter(filter).with_filter(echo));
+    // Not `.with(Option<layer>)`: a `None` layer declares interest in every call site, which
+    // would send events the log filter rejects through the filters at each call.
+    match spans {
+        Some(spans) => registry.with(spans).init(),
+        None => registry.init(),
+    }
     Ok(())
 }
 
