@@ -72,6 +72,35 @@ struct ActionForm {
     token: Option<String>,
 }
 
+/// An action that may go ahead (the extractor refuses it with the "Not allowed" page
+/// otherwise): the token from the form, the sign-in cookie or the `Authorization` header.
+struct Act<Q>(Api<Q>);
+
+/// The page refusing an action.
+struct Refused(Box<Response>);
+
+impl IntoResponse for Refused {
+    fn into_response(self) -> Response {
+        *self.0
+    }
+}
+
+impl<Q: Inspect + Administer> axum::extract::FromRequest<Api<Q>> for Act<Q> {
+    type Rejection = Refused;
+
+    async fn from_request(request: axum::extract::Request, api: &Api<Q>) -> Result<Self, Refused> {
+        let headers = request.headers().clone();
+        let form = Form::<ActionForm>::from_request(request, api)
+            .await
+            .map(|Form(form)| form)
+            .unwrap_or_default();
+        match refused(api, &headers, &form) {
+            Some(page) => Err(Refused(Box::new(page))),
+            None => Ok(Act(api.clone())),
+        }
+    }
+}
+
 fn page<Q>(
     api: &Api<Q>,
     title: &str,
@@ -683,15 +712,7 @@ async fn sign_in<Q: Inspect + Administer>(
     response
 }
 
-async fn cancel<Q: Inspect + Administer>(
-    State(api): State<Api<Q>>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-    Form(form): Form<ActionForm>,
-) -> Response {
-    if let Some(refusal) = refused(&api, &headers, &form) {
-        return refusal;
-    }
+async fn cancel<Q: Inspect + Administer>(Path(id): Path<String>, Act(api): Act<Q>) -> Response {
     let to = format!("/ui/jobs/{}", urlencode(&id));
     match api.queue.cancel(&id).await {
         Ok(CancelResult::Cancelled) => back(&to, "cancelled"),
@@ -709,15 +730,7 @@ async fn cancel<Q: Inspect + Administer>(
     }
 }
 
-async fn retry<Q: Inspect + Administer>(
-    State(api): State<Api<Q>>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-    Form(form): Form<ActionForm>,
-) -> Response {
-    if let Some(refusal) = refused(&api, &headers, &form) {
-        return refusal;
-    }
+async fn retry<Q: Inspect + Administer>(Path(id): Path<String>, Act(api): Act<Q>) -> Response {
     match api.queue.redrive(Redrive::One(id.clone())).await {
         Ok(1) => {
             api.wake.notify_one();
@@ -728,15 +741,7 @@ async fn retry<Q: Inspect + Administer>(
     }
 }
 
-async fn delete<Q: Inspect + Administer>(
-    State(api): State<Api<Q>>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-    Form(form): Form<ActionForm>,
-) -> Response {
-    if let Some(refusal) = refused(&api, &headers, &form) {
-        return refusal;
-    }
+async fn delete<Q: Inspect + Administer>(Path(id): Path<String>, Act(api): Act<Q>) -> Response {
     match api.queue.delete_dead(&id).await {
         Ok(true) => back("/ui/dead", "deleted"),
         Ok(false) => back("/ui/dead", "that job is not dead"),
@@ -744,14 +749,7 @@ async fn delete<Q: Inspect + Administer>(
     }
 }
 
-async fn retry_all<Q: Inspect + Administer>(
-    State(api): State<Api<Q>>,
-    headers: HeaderMap,
-    Form(form): Form<ActionForm>,
-) -> Response {
-    if let Some(refusal) = refused(&api, &headers, &form) {
-        return refusal;
-    }
+async fn retry_all<Q: Inspect + Administer>(Act(api): Act<Q>) -> Response {
     match api.queue.redrive(Redrive::All).await {
         Ok(n) => {
             api.wake.notify_one();
@@ -761,14 +759,7 @@ async fn retry_all<Q: Inspect + Administer>(
     }
 }
 
-async fn purge<Q: Inspect + Administer>(
-    State(api): State<Api<Q>>,
-    headers: HeaderMap,
-    Form(form): Form<ActionForm>,
-) -> Response {
-    if let Some(refusal) = refused(&api, &headers, &form) {
-        return refusal;
-    }
+async fn purge<Q: Inspect + Administer>(Act(api): Act<Q>) -> Response {
     match api.queue.purge_dead().await {
         Ok(n) => back("/ui/dead", &format!("{n} deleted")),
         Err(e) => failed(e),
@@ -776,14 +767,9 @@ async fn purge<Q: Inspect + Administer>(
 }
 
 async fn run_schedule<Q: Inspect + Administer>(
-    State(api): State<Api<Q>>,
     Path(index): Path<usize>,
-    headers: HeaderMap,
-    Form(form): Form<ActionForm>,
+    Act(api): Act<Q>,
 ) -> Response {
-    if let Some(refusal) = refused(&api, &headers, &form) {
-        return refusal;
-    }
     let Some((job, schedule)) = schedule_entries(&api).into_iter().nth(index) else {
         return back("/ui/schedules", "no such schedule");
     };
@@ -807,30 +793,14 @@ async fn run_schedule<Q: Inspect + Administer>(
     }
 }
 
-async fn pause<Q: Inspect + Administer>(
-    State(api): State<Api<Q>>,
-    Path(name): Path<String>,
-    headers: HeaderMap,
-    Form(form): Form<ActionForm>,
-) -> Response {
-    if let Some(refusal) = refused(&api, &headers, &form) {
-        return refusal;
-    }
+async fn pause<Q: Inspect + Administer>(Path(name): Path<String>, Act(api): Act<Q>) -> Response {
     match api.queue.pause(&name).await {
         Ok(_) => back("/ui/handlers", &format!("{name} paused")),
         Err(e) => failed(e),
     }
 }
 
-async fn resume<Q: Inspect + Administer>(
-    State(api): State<Api<Q>>,
-    Path(name): Path<String>,
-    headers: HeaderMap,
-    Form(form): Form<ActionForm>,
-) -> Response {
-    if let Some(refusal) = refused(&api, &headers, &form) {
-        return refusal;
-    }
+async fn resume<Q: Inspect + Administer>(Path(name): Path<String>, Act(api): Act<Q>) -> Response {
     match api.queue.resume(&name).await {
         Ok(_) => {
             api.wake.notify_one();
