@@ -80,11 +80,23 @@ pub struct Executor {
     dispatcher: Arc<Dispatcher>,
     clock: Arc<dyn Clock>,
     gates: HashMap<String, Arc<Gate>>,
-    metrics: Option<Arc<Metrics>>,
-    emf_namespace: Option<String>,
-    running: Option<Arc<Running>>,
-    /// `messaging.system` and `messaging.destination.name` of the process spans.
-    destination: (&'static str, String),
+    observers: Observers,
+}
+
+/// Who watches and steers an executor's jobs, besides the queue: all off by default.
+#[derive(Clone, Debug, Default)]
+pub struct Observers {
+    /// Counts every delivery.
+    pub metrics: Option<Arc<Metrics>>,
+    /// Prints a CloudWatch embedded-metric-format line on stdout for every delivery, in
+    /// this namespace (Lambda).
+    pub emf_namespace: Option<String>,
+    /// Registers every job while it runs, so it can be steered (live progress,
+    /// cancellation).
+    pub running: Option<Arc<Running>>,
+    /// The queue in the process spans: `messaging.system` (e.g. `aws_sqs`) and
+    /// `messaging.destination.name` (default: `jobhost`, `jobhost`).
+    pub destination: Option<(&'static str, String)>,
 }
 
 impl Executor {
@@ -107,37 +119,13 @@ impl Executor {
             dispatcher,
             clock,
             gates,
-            metrics: None,
-            emf_namespace: None,
-            running: None,
-            destination: ("jobhost", "jobhost".into()),
+            observers: Observers::default(),
         }
     }
 
-    /// Names the queue in the process spans: `system` (`messaging.system`, e.g. `aws_sqs`)
-    /// and `name` (`messaging.destination.name`).
-    pub fn with_destination(mut self, system: &'static str, name: String) -> Self {
-        self.destination = (system, name);
-        self
-    }
-
-    /// Registers every job in `running` while it runs, so it can be steered (live
-    /// progress, cancellation).
-    pub fn with_running(mut self, running: Option<Arc<Running>>) -> Self {
-        self.running = running;
-        self
-    }
-
-    /// Counts every delivery in `metrics`.
-    pub fn with_metrics(mut self, metrics: Option<Arc<Metrics>>) -> Self {
-        self.metrics = metrics;
-        self
-    }
-
-    /// Prints a CloudWatch embedded-metric-format line on stdout for every delivery, in
-    /// `namespace` (Lambda).
-    pub fn with_emf(mut self, namespace: Option<String>) -> Self {
-        self.emf_namespace = namespace;
+    /// Reports to and is steered by `observers`.
+    pub fn observed_by(mut self, observers: Observers) -> Self {
+        self.observers = observers;
         self
     }
 
@@ -189,18 +177,26 @@ impl Executor {
             Message::Raw(_) => None,
         };
         let span = telemetry::enabled().then(|| {
-            let (system, destination) = &self.destination;
+            let (system, destination) = self
+                .observers
+                .destination
+                .clone()
+                .unwrap_or(("jobhost", "jobhost".into()));
             let job = Metrics::job_label(self.dispatcher.plugins(), name.as_deref());
             telemetry::process_span(
                 job,
                 &delivered.id,
                 system,
-                destination,
+                &destination,
                 delivered.trace_parent.as_deref(),
             )
         });
         let _entered = span.as_ref().map(|s| s.enter());
-        let live = self.running.as_ref().map(|r| r.start(&delivered.id));
+        let live = self
+            .observers
+            .running
+            .as_ref()
+            .map(|r| r.start(&delivered.id));
         let delivery = Delivery {
             fallback_id: Some(delivered.id.clone()),
             attempt: Some(delivered.attempt),
@@ -213,7 +209,7 @@ impl Executor {
             gate.enter();
         }
         let started = self.clock.now();
-        if let Some(metrics) = &self.metrics {
+        if let Some(metrics) = &self.observers.metrics {
             metrics.started();
         }
         let report = match &delivered.message {
@@ -225,7 +221,7 @@ impl Executor {
         if let Some(gate) = &gate {
             gate.leave();
         }
-        if let Some(running) = &self.running {
+        if let Some(running) = &self.observers.running {
             running.finish(&delivered.id);
         }
         if let Some(span) = &span {
@@ -243,10 +239,10 @@ impl Executor {
                 child.trace_parent.clone_from(&parent);
             }
         }
-        if let Some(metrics) = &self.metrics {
+        if let Some(metrics) = &self.observers.metrics {
             metrics.finished(&settlement);
         }
-        if let Some(namespace) = &self.emf_namespace {
+        if let Some(namespace) = &self.observers.emf_namespace {
             let job = Metrics::job_label(self.dispatcher.plugins(), settlement.job.as_deref());
             println!("{}", emf_line(&settlement, job, namespace, settlement.at));
         }

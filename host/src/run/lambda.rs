@@ -29,7 +29,7 @@ use crate::queue::sqs::{
     Acknowledge, MAX_HOP, Sorted, SqsOptions, SqsQueue, SqsRecord, sort_records,
 };
 use crate::queue::{Delivered, NewJob, Queue as _, QueueError};
-use crate::run::deliver::{Executor, Ran, units};
+use crate::run::deliver::{Executor, Observers, Ran, units};
 
 /// The engine settings the Lambda host and `jobhost package` share, so the packaged
 /// artifacts are found in the cache: an explicit target triple (no host CPU detection).
@@ -119,14 +119,14 @@ impl LambdaHost {
         options: LambdaOptions,
     ) -> Self {
         Self {
-            executor: Arc::new(
-                Executor::new(dispatcher, clock)
-                    .with_emf(options.metrics_namespace.clone())
-                    .with_destination(
-                        "aws_sqs",
-                        std::env::var("AWS_LAMBDA_FUNCTION_NAME").unwrap_or_default(),
-                    ),
-            ),
+            executor: Arc::new(Executor::new(dispatcher, clock).observed_by(Observers {
+                emf_namespace: options.metrics_namespace.clone(),
+                destination: Some((
+                    "aws_sqs",
+                    std::env::var("AWS_LAMBDA_FUNCTION_NAME").unwrap_or_default(),
+                )),
+                ..Observers::default()
+            })),
             client,
             options: LambdaOptions {
                 concurrency: options.concurrency.max(1),

@@ -21,10 +21,8 @@ use tokio::sync::{Notify, mpsc, watch};
 use crate::clock::Clock;
 use crate::dispatch::Dispatcher;
 use crate::job::Outcome;
-use crate::metrics::Metrics;
 use crate::queue::{Delivered, Queue, Settlement};
-use crate::run::deliver::{Executor, Ran, units};
-use crate::run::live::Running;
+use crate::run::deliver::{Executor, Observers, Ran, units};
 
 /// The most deliveries claimed in one call.
 const MAX_BATCH: usize = 256;
@@ -148,9 +146,7 @@ pub struct Runner<Q: Queue> {
     options: RunOptions,
     wake: Arc<Notify>,
     settled: Arc<Notify>,
-    metrics: Option<Arc<Metrics>>,
-    running: Option<Arc<Running>>,
-    destination: (&'static str, String),
+    observers: Observers,
 }
 
 impl<Q: Queue> Runner<Q> {
@@ -168,27 +164,13 @@ impl<Q: Queue> Runner<Q> {
             options,
             wake: Arc::new(Notify::new()),
             settled: Arc::new(Notify::new()),
-            metrics: None,
-            running: None,
-            destination: ("jobhost", "jobhost".into()),
+            observers: Observers::default(),
         }
     }
 
-    /// Names the queue in the process spans (see [`Executor::with_destination`]).
-    pub fn with_destination(mut self, system: &'static str, name: String) -> Self {
-        self.destination = (system, name);
-        self
-    }
-
-    /// Registers every running job in `running` (see [`crate::run::live`]).
-    pub fn with_running(mut self, running: Option<Arc<Running>>) -> Self {
-        self.running = running;
-        self
-    }
-
-    /// Counts every delivery in `metrics`.
-    pub fn with_metrics(mut self, metrics: Option<Arc<Metrics>>) -> Self {
-        self.metrics = metrics;
+    /// Its jobs report to and are steered by `observers` (see [`Observers`]).
+    pub fn observed_by(mut self, observers: Observers) -> Self {
+        self.observers = observers;
         self
     }
 
@@ -378,9 +360,7 @@ impl<Q: Queue> Runner<Q> {
     ) -> Vec<JoinHandle<()>> {
         let executor = Arc::new(
             Executor::new(self.dispatcher.clone(), self.clock.clone())
-                .with_metrics(self.metrics.clone())
-                .with_running(self.running.clone())
-                .with_destination(self.destination.0, self.destination.1.clone()),
+                .observed_by(self.observers.clone()),
         );
         (0..self.options.concurrency)
             .filter_map(|index| {

@@ -19,6 +19,7 @@ use crate::metrics::Metrics;
 use crate::queue::QueueError;
 use crate::queue::sqlite::{Retention, SqliteQueue};
 use crate::queue::sqs::{SqsOptions, SqsQueue, client_from_env, url_of_name};
+use crate::run::deliver::Observers;
 use crate::run::http::{Access, ApiParts};
 use crate::run::live::Running;
 use crate::run::poller::{RunOptions, RunSummary, Runner};
@@ -210,9 +211,13 @@ async fn serve_sqs(
         .next()
         .unwrap_or_default()
         .to_string();
-    let runner = Runner::new(Arc::new(queue), dispatcher, Arc::new(SystemClock), run)
-        .with_metrics(metrics)
-        .with_destination("aws_sqs", name);
+    let runner = Runner::new(Arc::new(queue), dispatcher, Arc::new(SystemClock), run).observed_by(
+        Observers {
+            metrics,
+            destination: Some(("aws_sqs", name)),
+            ..Observers::default()
+        },
+    );
     Ok(runner.run(stopped).await)
 }
 
@@ -256,9 +261,12 @@ async fn serve_sqlite(
         clock.clone(),
         run.clone(),
     )
-    .with_metrics(metrics.clone())
-    .with_running(Some(running.clone()))
-    .with_destination("jobhost", db.display().to_string());
+    .observed_by(Observers {
+        metrics: metrics.clone(),
+        running: Some(running.clone()),
+        destination: Some(("jobhost", db.display().to_string())),
+        ..Observers::default()
+    });
     tokio::spawn(crate::run::live::steer(
         queue.clone(),
         running.clone(),
