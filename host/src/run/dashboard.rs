@@ -398,15 +398,20 @@ async fn job<Q: Inspect + Administer>(
         }
         Err(e) => return failed(e),
     };
-    let children = api
-        .queue
-        .jobs(JobFilter {
-            parent: Some(record.id.clone()),
-            limit: 100,
-            ..JobFilter::default()
-        })
-        .await
-        .unwrap_or_default();
+    // Follow-up jobs are committed only with their parent's success, so only a done job
+    // has any: the (unindexed) lookup is not repeated on every refresh of a running job.
+    let children = if record.state == "done" {
+        api.queue
+            .jobs(JobFilter {
+                parent: Some(record.id.clone()),
+                limit: 100,
+                ..JobFilter::default()
+            })
+            .await
+            .unwrap_or_default()
+    } else {
+        Vec::new()
+    };
     let pretty =
         |value: &serde_json::Value| serde_json::to_string_pretty(value).unwrap_or_default();
     let output = record.output.as_deref().map(|text| {
