@@ -18,6 +18,7 @@ use crate::job::{RetryPolicy, jitter_rng};
 use crate::plugin::{Plugin, PluginSet};
 use crate::sandbox::{Execution, JobSettings, execute, root_cause};
 use crate::sandbox::{Limits, Live};
+use crate::trigger::{Routed, Routes};
 
 /// Host-wide dispatch settings.
 #[derive(Clone, Debug)]
@@ -70,6 +71,7 @@ pub enum Rejection {
 pub struct Dispatcher {
     engine: Arc<JobEngine>,
     plugins: PluginSet,
+    routes: Routes,
     options: DispatchOptions,
 }
 
@@ -78,9 +80,15 @@ impl Dispatcher {
     pub fn new(engine: Arc<JobEngine>, plugins: PluginSet, options: DispatchOptions) -> Self {
         Self {
             engine,
+            routes: Routes::new(&plugins),
             plugins,
             options,
         }
+    }
+
+    /// The handlers' triggers.
+    pub fn routes(&self) -> &Routes {
+        &self.routes
     }
 
     /// The loaded handlers.
@@ -122,22 +130,62 @@ impl Dispatcher {
         }
     }
 
-    /// Runs one delivery of a raw message body to its outcome.
+    /// Runs one delivery of a raw message body to its outcome: a job envelope, or an
+    /// event routed by the handlers' triggers ([`crate::trigger`]). An event that comes to
+    /// one job runs it in place; one that comes to several is done at once, with the jobs
+    /// as its follow-up jobs, so that each is retried on its own.
     pub fn dispatch(&self, body: &[u8], delivery: &Delivery) -> Report {
-        let report = match Envelope::parse(body, self.options.max_body_bytes) {
-            Ok(envelope) => self.route(envelope, delivery),
-            Err(error) => {
+        let report = self.dispatch_body(body, delivery, true);
+        log_report(&report);
+        report
+    }
+
+    fn dispatch_body(&self, body: &[u8], delivery: &Delivery, unwrap: bool) -> Report {
+        let error = match Envelope::parse(body, self.options.max_body_bytes) {
+            Ok(envelope) => return self.route(envelope, delivery),
+            Err(error) => error,
+        };
+        let id = delivery.fallback_id.clone().unwrap_or_else(new_id);
+        let attempt = delivery.attempt.unwrap_or(1).max(1);
+        let routed = match &error {
+            EnvelopeError::Malformed(_) => serde_json::from_slice::<Value>(body)
+                .ok()
+                .and_then(|event| self.routes.route(&event)),
+            EnvelopeError::TooLarge { .. } => None,
+        };
+        let outcome = match routed {
+            Some(Routed::Jobs(jobs)) if jobs.len() == 1 => {
+                let job = jobs.into_iter().next().expect("one job");
+                return self.route(job, delivery);
+            }
+            Some(Routed::Jobs(jobs)) => {
+                let mut report =
+                    Report::rejected(id.clone(), None, attempt, Outcome::Done { output: None });
+                report.enqueued = jobs
+                    .into_iter()
+                    .enumerate()
+                    .filter_map(|(n, job)| fanned_out(&id, n, job))
+                    .collect();
+                let ids: Vec<&str> = report.enqueued.iter().map(|j| j.id.as_str()).collect();
+                report.outcome = Outcome::Done {
+                    output: Some(serde_json::json!({ "routed": ids }).to_string()),
+                };
+                return report;
+            }
+            Some(Routed::Unwrapped(inner)) if unwrap => {
+                return self.dispatch_body(inner.as_bytes(), delivery, false);
+            }
+            Some(Routed::Acknowledged(why)) => Outcome::Done { output: Some(why) },
+            Some(Routed::Unrouted(what)) => dead_letter(Reason::Unrouted, what),
+            Some(Routed::Unwrapped(_)) | None => {
                 let reason = match error {
                     EnvelopeError::TooLarge { .. } => Reason::TooLarge,
                     EnvelopeError::Malformed(_) => Reason::Malformed,
                 };
-                let id = delivery.fallback_id.clone().unwrap_or_else(new_id);
-                let attempt = delivery.attempt.unwrap_or(1).max(1);
-                Report::rejected(id, None, attempt, dead_letter(reason, error.to_string()))
+                dead_letter(reason, error.to_string())
             }
         };
-        log_report(&report);
-        report
+        Report::rejected(id, None, attempt, outcome)
     }
 
     /// Runs one delivery of an already-parsed envelope (a queue that stores jobs
@@ -268,6 +316,19 @@ fn unavailable_backoff(enqueued_at_ms: Option<u64>, now: SystemTime) -> Duration
     };
     let age = Duration::from_millis(unix_millis(now).saturating_sub(enqueued));
     (age / 2).clamp(UNAVAILABLE_RETRY_MIN, UNAVAILABLE_RETRY_MAX)
+}
+
+/// The `n`th job an event fanned out to, as a follow-up job of the event's message `id`
+/// (its id derived from both, so a redelivered event makes the same ids).
+fn fanned_out(id: &str, n: usize, job: Envelope) -> Option<crate::job::EnqueuedJob> {
+    Some(crate::job::EnqueuedJob {
+        id: format!("{id}-{n}"),
+        job: job.job,
+        payload: serde_json::value::to_raw_value(&job.payload).ok()?,
+        delay_ms: None,
+        unique_key: None,
+        priority: None,
+    })
 }
 
 fn new_id() -> String {

@@ -21,3 +21,4 @@ pub mod run;
 pub mod sandbox;
 pub mod telemetry;
 pub mod testing;
+pub mod trigger;

@@ -166,7 +166,9 @@ pub fn sending(
     }
     jobs.iter_mut()
         .map(|job| {
-            let span = send_span(&job.name, system, destination, parent);
+            // A job that names its own trace continues it.
+            let own = job.trace_parent.take();
+            let span = send_span(&job.name, system, destination, own.as_deref().or(parent));
             job.trace_parent = traceparent(&span);
             span
         })

@@ -529,6 +529,123 @@ fn the_deployment_templates_follow_the_sqs_rules() -> anyhow::Result<()> {
 }
 
 #[test]
+fn the_recipe_templates_are_what_jobhost_template_writes() -> anyhow::Result<()> {
+    let tools = std::env::var_os("JOBHOST_TOOLS").map_or_else(
+        || {
+            std::path::PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+                .join(".cache/jobhost/tools")
+        },
+        std::path::PathBuf::from,
+    );
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    // What each recipe's SAM template must have, beside the host.
+    let recipes: [(&str, &[&str]); 5] = [
+        (
+            "api-worker",
+            &["Type: HttpApi", "Path: /jobs", "DeadLettersAlarm"],
+        ),
+        (
+            "cron",
+            &[
+                "Type: ScheduleV2",
+                "cron(0 9 ? * 2-6 *)",
+                r#"{"job":"report""#,
+            ],
+        ),
+        (
+            "s3-uploads",
+            &[
+                "BucketName: jobhost-uploads-example",
+                r#""Value":"incoming/""#,
+                "Queue: !GetAtt JobsQueue.Arn",
+            ],
+        ),
+        (
+            "event-bus",
+            &[
+                r#""detail-type":["OrderCreated","OrderShipped"]"#,
+                r#"{"source":[{"prefix":""}]}"#,
+            ],
+        ),
+        ("webhook", &["Path: /hooks/{name}", "JOBHOST_SQS_URL"]),
+    ];
+    for (recipe, expected) in recipes {
+        let mut written = Vec::new();
+        for (format, file) in [
+            ("sam", format!("examples/deploy/sam/{recipe}.yaml")),
+            (
+                "stacktape",
+                format!("examples/deploy/stacktape/{recipe}.yml"),
+            ),
+        ] {
+            let mut command = jobhost_command()?;
+            command
+                .current_dir(&root)
+                .args([
+                    "template",
+                    "--plugins",
+                    &format!("examples/deploy/recipes/{recipe}"),
+                ])
+                .args(["--format", format]);
+            if matches!(recipe, "api-worker" | "webhook") {
+                command.arg("--api");
+            }
+            let output = command.output()?;
+            assert!(
+                output.status.success(),
+                "{}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+            let committed = std::fs::read_to_string(root.join(&file))?;
+            assert!(
+                String::from_utf8(output.stdout)? == committed,
+                "{file} is not what `jobhost template` writes: write it again (see \
+                 examples/deploy/recipes/README.md)"
+            );
+            written.push((root.join(&file), committed));
+        }
+        for needle in expected {
+            assert!(written[0].1.contains(needle), "{recipe}: no {needle}");
+        }
+        let lint = std::process::Command::new(tools.join("py/bin/cfn-lint"))
+            .arg(&written[0].0)
+            .output()?;
+        assert!(
+            lint.status.success(),
+            "cfn-lint {recipe}: {}",
+            String::from_utf8_lossy(&lint.stdout)
+        );
+        let check = std::process::Command::new(tools.join("py/bin/python"))
+            .arg(root.join("examples/deploy/check.py"))
+            .arg(&written[0].0)
+            .arg(&written[1].0)
+            .output()?;
+        assert!(
+            check.status.success(),
+            "check.py {recipe}: {}",
+            String::from_utf8_lossy(&check.stderr)
+        );
+    }
+    // A schedule EventBridge cannot express is refused, saying why.
+    let dir = tempfile::tempdir()?;
+    std::fs::write(
+        dir.path().join("fast.toml"),
+        "[[schedule]]\ncron = \"*/10 * * * * *\"\n",
+    )?;
+    let refused = jobhost_command()?
+        .args(["template", "--plugins"])
+        .arg(dir.path())
+        .output()?;
+    assert!(!refused.status.success());
+    let why = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        why.contains("once a minute") && why.contains("fast.toml"),
+        "{why}"
+    );
+    Ok(())
+}
+
+#[test]
 fn a_job_never_outlives_the_invocation() -> anyhow::Result<()> {
     let handlers = handlers()?;
     handlers.add(fixtures::SPIN, "spin")?;
@@ -793,5 +910,247 @@ fn direct_invocations_look_up_their_follow_up_queue_only_at_init() -> anyhow::Re
     assert_eq!(proxy.count("SendMessageBatch"), 2);
     let sent = rt.block_on(sqs::receive_all(&client, &queue.url))?;
     assert_eq!(sent.len(), 2, "{sent:?}");
+    Ok(())
+}
+
+/// An API Gateway HTTP API (payload v2) request, as the AWS documentation shows one.
+fn api_gateway_request(method: &str, path: &str, body: &str, base64: bool) -> Value {
+    use base64::Engine as _;
+    let body = if base64 {
+        base64::engine::general_purpose::STANDARD.encode(body)
+    } else {
+        body.to_string()
+    };
+    json!({
+        "version": "2.0", "routeKey": format!("{method} {path}"), "rawPath": path,
+        "rawQueryString": "", "cookies": [],
+        "headers": {"content-type": "application/json", "host": "id.execute-api.us-east-1.amazonaws.com"},
+        "requestContext": {
+            "accountId": "123456789012", "apiId": "api-id",
+            "domainName": "id.execute-api.us-east-1.amazonaws.com", "domainPrefix": "id",
+            "http": {"method": method, "path": path, "protocol": "HTTP/1.1",
+                     "sourceIp": "192.0.2.1", "userAgent": "agent"},
+            "requestId": "id", "routeKey": format!("{method} {path}"), "stage": "$default",
+            "time": "12/Mar/2020:19:03:58 +0000", "timeEpoch": 1_583_348_638_390_u64
+        },
+        "body": body, "isBase64Encoded": base64
+    })
+}
+
+/// The jobs now on `queue`: (job name, payload).
+fn queued_jobs(
+    rt: &tokio::runtime::Runtime,
+    client: &aws_sdk_sqs::Client,
+    queue: &QueuePair,
+) -> anyhow::Result<Vec<(String, Value)>> {
+    let received = rt.block_on(sqs::receive_all(client, &queue.url))?;
+    let mut jobs = Vec::new();
+    for message in received {
+        let body: Value = serde_json::from_str(&message.body)?;
+        jobs.push((
+            body["job"].as_str().unwrap_or_default().to_string(),
+            body["payload"].clone(),
+        ));
+    }
+    jobs.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(jobs)
+}
+
+#[test]
+fn direct_s3_eventbridge_and_scheduler_events_are_routed_by_trigger() -> anyhow::Result<()> {
+    use crate::triggers::{event_handlers, eventbridge_event, s3_event};
+    let _one = EMULATOR.lock().unwrap_or_else(|e| e.into_inner());
+    let rt = sqs::runtime()?;
+    let client = rt.block_on(sqs::client())?;
+    let queue = rt.block_on(sqs::queue_pair(&client, "direct-events", 30, false))?;
+    let bucket = "amzn-s3-demo-bucket";
+    let handlers = event_handlers(bucket)?;
+    let mut function = Function::start(handlers.path(), &[("JOBHOST_SQS_URL", &queue.url)])?;
+
+    // S3 invoking the function with one record: the job runs in place.
+    let (status, report) = function.invoke(&s3_event(bucket, &["incoming%2Fmy+photo.jpg"]))?;
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(report["output"]["job"], "on-upload", "{report}");
+    assert_eq!(report["output"]["payload"]["key"], "incoming/my photo.jpg");
+    assert_eq!(
+        report["output"]["payload"]["etag"],
+        "0123456789abcdef0123456789abcdef"
+    );
+    // Two records: both sent to JOBHOST_SQS_URL, the invocation done.
+    let (status, report) = function.invoke(&s3_event(bucket, &["incoming/1", "incoming/2"]))?;
+    assert_eq!(status, 200, "{report}");
+    let sent = queued_jobs(&rt, &client, &queue)?;
+    let keys: Vec<&Value> = sent.iter().map(|(_, p)| &p["key"]).collect();
+    assert_eq!(keys.len(), 2, "{sent:?}");
+    assert!(sent.iter().all(|(name, _)| name == "on-upload"));
+
+    // An EventBridge rule's event matching one trigger runs in place.
+    let ec2 = eventbridge_event(
+        "aws.ec2",
+        "EC2 Instance State-change Notification",
+        json!({"instance-id": "i-1234567890abcdef0", "state": "terminated"}),
+    );
+    let (status, report) = function.invoke(&ec2)?;
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(report["output"]["job"], "on-event");
+    assert_eq!(report["output"]["payload"]["detail"]["state"], "terminated");
+    assert_eq!(report["output"]["payload"]["source"], "aws.ec2");
+    // One matching two triggers: both sent.
+    let order = eventbridge_event("orders", "OrderShipped", json!({"order": 9}));
+    let (status, _) = function.invoke(&order)?;
+    assert_eq!(status, 200);
+    let sent = queued_jobs(&rt, &client, &queue)?;
+    let names: Vec<&str> = sent.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["on-event", "on-order"]);
+    assert!(sent.iter().all(|(_, p)| p["detail"]["order"] == 9));
+
+    // A scheduled rule's event, by rule name.
+    let mut scheduled = eventbridge_event("aws.events", "Scheduled Event", json!({}));
+    scheduled["resources"] = json!(["arn:aws:events:us-east-1:123456789012:rule/nightly-report"]);
+    let (status, report) = function.invoke(&scheduled)?;
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(report["output"]["job"], "on-schedule");
+    assert_eq!(report["output"]["payload"], json!({"period": "day"}));
+    // EventBridge Scheduler passes its target's input unchanged: an envelope; and the
+    // Glasswork style with `jobName`.
+    for input in [
+        json!({"job": "on-event", "payload": {"from": "scheduler"}}),
+        json!({"jobName": "on-event", "payload": {"from": "glasswork"}}),
+    ] {
+        let (status, report) = function.invoke(&input)?;
+        assert_eq!(status, 200, "{report}");
+        assert_eq!(report["output"]["payload"], input["payload"]);
+    }
+
+    // S3's test event is acknowledged; an event no trigger matches is `Unrouted`.
+    let test_event = json!({"Service": "Amazon S3", "Event": "s3:TestEvent",
+        "Time": "2026-12-01T09:00:00.000Z", "Bucket": bucket});
+    let (status, report) = function.invoke(&test_event)?;
+    assert_eq!(
+        (status, report["outcome"].as_str()),
+        (200, Some("done")),
+        "{report}"
+    );
+    let (_, unrouted) = function.invoke(&s3_event("another-bucket", &["incoming/x"]))?;
+    assert_eq!(unrouted["errorType"], "Unrouted", "{unrouted}");
+    assert!(
+        unrouted["errorMessage"]
+            .as_str()
+            .is_some_and(|m| m.contains("s3://another-bucket/incoming/x")),
+        "{unrouted}"
+    );
+    let mut other_rule = scheduled.clone();
+    other_rule["resources"] = json!(["arn:aws:events:us-east-1:123456789012:rule/other"]);
+    let (_, unrouted) = function.invoke(&other_rule)?;
+    assert_eq!(unrouted["errorType"], "Unrouted", "{unrouted}");
+    assert!(queued_jobs(&rt, &client, &queue)?.is_empty());
+    Ok(())
+}
+
+#[test]
+fn api_gateway_requests_are_checked_and_sent_to_the_queue() -> anyhow::Result<()> {
+    let _one = EMULATOR.lock().unwrap_or_else(|e| e.into_inner());
+    let rt = sqs::runtime()?;
+    let client = rt.block_on(sqs::client())?;
+    let queue = rt.block_on(sqs::queue_pair(&client, "api-gateway", 30, false))?;
+    let handlers = handlers()?;
+    let mut function = Function::start(handlers.path(), &[("JOBHOST_SQS_URL", &queue.url)])?;
+    let job =
+        json!({"type": "echo", "payload": {"message": "hi"}, "createdAt": "2026-12-01T09:00:00Z"});
+    let (status, answer) = function.invoke(&api_gateway_request(
+        "POST",
+        "/jobs",
+        &job.to_string(),
+        false,
+    ))?;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["statusCode"], 202, "{answer}");
+    let accepted: Value = serde_json::from_str(answer["body"].as_str().unwrap_or("{}"))?;
+    // A function URL sends a binary body base64-encoded.
+    let (_, answer) = function.invoke(&api_gateway_request(
+        "POST",
+        "/jobs",
+        &job.to_string(),
+        true,
+    ))?;
+    assert_eq!(answer["statusCode"], 202, "{answer}");
+    for (body, status) in [
+        (json!({"job": "echo", "payload": {}}), 422),
+        (json!({"job": "nope", "payload": {}}), 404),
+        (
+            json!({"job": "echo", "payload": {"message": "x"}, "dealy": "1m"}),
+            400,
+        ),
+        (
+            json!({"job": "echo", "payload": {"message": "x".repeat(1 << 20)}}),
+            413,
+        ),
+    ] {
+        let (_, answer) = function.invoke(&api_gateway_request(
+            "POST",
+            "/jobs",
+            &body.to_string(),
+            false,
+        ))?;
+        assert_eq!(answer["statusCode"], status, "{body:.100}: {answer}");
+    }
+    let (_, answer) = function.invoke(&api_gateway_request(
+        "GET",
+        &format!("/jobs/{}", accepted["id"].as_str().unwrap_or("x")),
+        "",
+        false,
+    ))?;
+    assert_eq!(answer["statusCode"], 501, "{answer}");
+    // Exactly the two accepted jobs are on the queue, the first with the id answered.
+    let received = rt.block_on(sqs::receive_all(&client, &queue.url))?;
+    assert_eq!(received.len(), 2);
+    let ids: Vec<Value> = received
+        .iter()
+        .filter_map(|m| serde_json::from_str::<Value>(&m.body).ok())
+        .map(|b| b["id"].clone())
+        .collect();
+    assert!(ids.contains(&accepted["id"]), "{ids:?} {accepted}");
+    Ok(())
+}
+
+#[test]
+fn an_sqs_batch_acknowledges_test_events_and_dead_letters_unrouted_ones() -> anyhow::Result<()> {
+    use crate::triggers::{event_handlers, s3_event};
+    let _one = EMULATOR.lock().unwrap_or_else(|e| e.into_inner());
+    let rt = sqs::runtime()?;
+    let client = rt.block_on(sqs::client())?;
+    let queue = rt.block_on(sqs::queue_pair(&client, "batch-events", 30, false))?;
+    let bodies = vec![
+        json!({"Service": "Amazon S3", "Event": "s3:TestEvent", "Bucket": "uploads"}).to_string(),
+        s3_event("uploads", &["incoming/a.png"]).to_string(),
+        s3_event("uploads", &["elsewhere/b.png"]).to_string(),
+        s3_event("uploads", &["incoming/c.png", "incoming/d.png"]).to_string(),
+    ];
+    let ids = rt.block_on(sqs::send_raw(&client, &queue.url, &bodies))?;
+    let received = rt.block_on(sqs::receive_all(&client, &queue.url))?;
+    let handlers = event_handlers("uploads")?;
+    let mut function = Function::start(handlers.path(), &[])?;
+    let (status, response) = function.invoke(&event_for(&queue, &received))?;
+    assert_eq!(status, 200, "{response}");
+    assert_eq!(response, json!({"batchItemFailures": []}));
+    // The unrouted upload is in the dead-letter queue with its reason.
+    let dead = rt.block_on(sqs::receive_all(&client, &queue.dlq_url))?;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(
+        dead[0].attributes.get("jobhost.reason").map(String::as_str),
+        Some("unrouted")
+    );
+    assert_eq!(
+        dead[0]
+            .attributes
+            .get("jobhost.source-message-id")
+            .map(String::as_str),
+        Some(ids[2].as_str())
+    );
+    // The two-record upload went back to its own queue as two jobs.
+    let sent = queued_jobs(&rt, &client, &queue)?;
+    let keys: Vec<&str> = sent.iter().filter_map(|(_, p)| p["key"].as_str()).collect();
+    assert_eq!(keys.len(), 2, "{sent:?}");
+    assert!(keys.contains(&"incoming/c.png") && keys.contains(&"incoming/d.png"));
     Ok(())
 }

@@ -17,6 +17,7 @@ mod queue;
 mod runner;
 mod scaffold;
 mod sqs;
+mod triggers;
 
 /// Every fixture guest must have a test of its own name in one of these modules, or this
 /// does not build.
@@ -29,6 +30,8 @@ mod fixture_tests {
     pub(crate) use crate::http::*;
     #[allow(unused_imports, reason = "only the names are checked")]
     pub(crate) use crate::outcomes::*;
+    #[allow(unused_imports, reason = "only the names are checked")]
+    pub(crate) use crate::triggers::*;
 }
 
 macro_rules! assert_test_exists {

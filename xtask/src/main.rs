@@ -18,6 +18,7 @@ const RUST_EXAMPLES: &[(&str, &str)] = &[
     ("flaky-api", "flaky_api"),
     ("webhook", "webhook"),
     ("archive", "archive"),
+    ("upload-stats", "upload_stats"),
 ];
 
 type Result<T = ()> = std::result::Result<T, String>;

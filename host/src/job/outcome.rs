@@ -35,6 +35,8 @@ pub enum Reason {
     Trap,
     /// The handler returned more output than its limit allows.
     OutputTooLarge,
+    /// An event of a known source (S3, EventBridge) that no handler's trigger matches.
+    Unrouted,
 }
 
 impl Reason {
@@ -53,6 +55,7 @@ impl Reason {
             Reason::Timeout => "timeout",
             Reason::Trap => "trap",
             Reason::OutputTooLarge => "output-too-large",
+            Reason::Unrouted => "unrouted",
         }
     }
 }

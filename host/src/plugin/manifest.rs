@@ -32,6 +32,8 @@ pub struct Manifest {
     pub concurrency: Option<u32>,
     /// Periodic jobs: `[[schedule]]` entries.
     pub schedule: Vec<Schedule>,
+    /// AWS events that start this handler: `[[trigger]]` entries ([`crate::trigger`]).
+    pub trigger: Vec<crate::trigger::Trigger>,
     /// What the handler may reach beyond its own memory: nothing unless granted here.
     pub grants: Grants,
 }
@@ -156,6 +158,9 @@ impl Manifest {
         }
         for schedule in &self.schedule {
             schedule.cron()?;
+        }
+        for trigger in &self.trigger {
+            trigger.validate()?;
         }
         if let Some(bad) = self
             .grants

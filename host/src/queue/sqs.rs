@@ -436,6 +436,31 @@ impl SqsQueue {
         }
     }
 
+    /// Sends a body exactly as given (`jobhost enqueue --raw`: a dead letter's raw body
+    /// replayed, a poison message reproduced); returns the message id. On a FIFO queue it
+    /// goes to `group` (default `raw`) with a new deduplication id.
+    pub async fn send_raw(
+        &self,
+        body: String,
+        group: Option<String>,
+    ) -> Result<String, QueueError> {
+        let mut request = self
+            .client
+            .send_message()
+            .queue_url(&self.options.queue_url)
+            .message_body(body);
+        if self.facts.fifo {
+            request = request
+                .message_group_id(group.unwrap_or_else(|| "raw".into()))
+                .message_deduplication_id(uuid::Uuid::now_v7().simple().to_string());
+        }
+        let out = request
+            .send()
+            .await
+            .map_err(|e| sdk_error("SendMessage", e))?;
+        Ok(out.message_id.unwrap_or_default())
+    }
+
     /// Sends entries to `url` in batches; returns the indexes (into `entries`) that were
     /// sent.
     async fn send(
@@ -897,6 +922,31 @@ pub enum Acknowledge {
     Delete,
     /// Leave them: Lambda deletes every record its batch response does not list.
     ByLambda,
+}
+
+/// Periodic jobs on a FIFO queue: each tick is sent with a deduplication id made from its
+/// key, so SQS keeps one of the copies that several hosts send within its 5-minute
+/// deduplication window (hosts look back at most a minute for missed ticks). A standard
+/// queue has no deduplication: the scheduler refuses it.
+impl crate::queue::Ticks for SqsQueue {
+    async fn enqueue_tick(
+        &self,
+        tick_key: &str,
+        mut job: NewJob,
+    ) -> Result<Option<Enqueued>, QueueError> {
+        if !self.facts.fifo {
+            return Err(QueueError(format!(
+                "[[schedule]] needs a FIFO queue on SQS (its deduplication fires each tick \
+                 once across hosts); {} is a standard queue",
+                self.options.queue_url
+            )));
+        }
+        use sha2::Digest as _;
+        let digest = hex::encode(sha2::Sha256::digest(tick_key.as_bytes()));
+        job.id = Some(format!("tick-{}", &digest[..32]));
+        job.unique_key = Some(tick_key.to_string());
+        Ok(self.enqueue(vec![job]).await?.into_iter().next())
+    }
 }
 
 impl Queue for SqsQueue {

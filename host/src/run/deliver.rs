@@ -173,7 +173,9 @@ impl Executor {
             Message::Envelope(envelope) => Some(envelope.job.clone()),
             // Raw bodies (SQS) are parsed by dispatch; read just the name for the gate
             // and the span.
-            Message::Raw(body) if !self.gates.is_empty() || telemetry::enabled() => job_name(body),
+            Message::Raw(body) if !self.gates.is_empty() || telemetry::enabled() => {
+                job_name(body).or_else(|| self.dispatcher.routes().single_job(body))
+            }
             Message::Raw(_) => None,
         };
         let span = telemetry::enabled().then(|| {

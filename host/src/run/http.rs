@@ -3,6 +3,13 @@
 //! - `POST /jobs` `{"job", "payload", "delay"?, "at"?, "priority"?, "unique"?}` → 202
 //!   `{"id", "duplicate"}`; 422 with the schema errors; 413 over the size cap; 404 for an
 //!   unknown job name; 400 for a body that is not such a request.
+//!   An array of such requests is the batch form: all are checked first, then enqueued in
+//!   one step (202 `{"jobs": [{"id", "duplicate"}, ...]}`), or none (the first refusal,
+//!   with its `index`). Every field of a queue envelope is accepted too (`id`,
+//!   `notBefore`, `traceparent`; `attempt`, `enqueuedAt`, `createdAt` ignored), any other
+//!   is refused by name.
+//! - `POST /hooks/{name}` → a webhook receiver: the body is the payload of a job `name`;
+//!   the same checks and answers as `POST /jobs`.
 //! - `GET /jobs/{id}` → the job (state, attempts, progress, output, last error), or 404.
 //!   With `?wait_ms=N` it waits up to N ms (at most 30 s) for the job to finish first.
 //! - `DELETE /jobs/{id}` → cancels a queued job, or stops a running one: 200
@@ -35,7 +42,7 @@ use crate::clock::Clock;
 use crate::dispatch::{Dispatcher, Rejection};
 use crate::job::{JobRequest, RequestError};
 use crate::metrics::Metrics;
-use crate::queue::{Administer, CancelResult, Enqueued, Inspect, QueueError, Stats};
+use crate::queue::{Administer, CancelResult, Enqueued, Inspect, Queue, QueueError, Stats};
 use crate::run::live::Running;
 
 /// The longest `wait_ms` honoured.
@@ -177,6 +184,8 @@ pub(crate) struct Api<Q> {
     pub(crate) running: Option<Arc<Running>>,
     pub(crate) access: Arc<Access>,
     destination: Arc<str>,
+    /// The queue's kind in traces (`messaging.system`).
+    system: &'static str,
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -195,6 +204,7 @@ impl<Q> Clone for Api<Q> {
             running: self.running.clone(),
             access: self.access.clone(),
             destination: self.destination.clone(),
+            system: self.system,
         }
     }
 }
@@ -215,6 +225,7 @@ pub fn router<Q: Inspect + Administer>(parts: ApiParts<Q>) -> Router {
     let limit = dispatcher.options().max_body_bytes;
     Router::new()
         .route("/jobs", post(create_job::<Q>))
+        .route("/hooks/{name}", post(create_hook::<Q>))
         .route("/jobs/{id}", get(show_job::<Q>).delete(cancel_job::<Q>))
         .route(
             "/paused/{name}",
@@ -236,8 +247,76 @@ pub fn router<Q: Inspect + Administer>(parts: ApiParts<Q>) -> Router {
             running,
             access: Arc::new(access),
             destination: destination.into(),
+            system: "jobhost",
         })
         .merge(metrics_router(metrics, Some(stats_reader(queue))))
+}
+
+/// What the API in front of a queue that only sends (SQS) serves from.
+pub struct SendParts<Q> {
+    /// The queue.
+    pub queue: Arc<Q>,
+    /// The clock.
+    pub clock: Arc<dyn Clock>,
+    /// The dispatcher (payload checks).
+    pub dispatcher: Arc<Dispatcher>,
+    /// The host's metrics, served at `/metrics` when given.
+    pub metrics: Option<Arc<Metrics>>,
+    /// The queue's name in traces (`messaging.destination.name`).
+    pub destination: String,
+}
+
+/// The API in front of SQS (`run --queue sqs://... --http`, and API Gateway requests on
+/// Lambda): `POST /jobs` checks each job against its handler and sends it (202 with the
+/// message id); `GET /jobs/{id}` answers 501, since SQS keeps nothing to look a message
+/// up by; `/healthz`; `/metrics` when there are metrics.
+pub fn send_router<Q: Queue>(parts: SendParts<Q>) -> Router {
+    let SendParts {
+        queue,
+        clock,
+        dispatcher,
+        metrics,
+        destination,
+    } = parts;
+    let limit = dispatcher.options().max_body_bytes;
+    let router = Router::new()
+        .route("/jobs", post(create_job::<Q>))
+        .route("/hooks/{name}", post(create_hook::<Q>))
+        .route("/jobs/{id}", get(not_kept))
+        .route(
+            "/healthz",
+            get(|| async { axum::Json(json!({"status": "ok"})) }),
+        )
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(Api {
+            queue,
+            clock,
+            dispatcher,
+            wake: Arc::new(Notify::new()),
+            settled: Arc::new(Notify::new()),
+            running: None,
+            access: Arc::new(Access::default()),
+            destination: destination.into(),
+            system: "aws_sqs",
+        });
+    match metrics {
+        Some(metrics) => router.merge(metrics_router(metrics, None)),
+        None => router,
+    }
+}
+
+/// `GET /jobs/{id}` in front of SQS.
+async fn not_kept(Path(id): Path<String>) -> Response {
+    error(
+        StatusCode::NOT_IMPLEMENTED,
+        json!({
+            "id": id,
+            "error": "this host sends jobs to SQS, which keeps nothing to look a message up by \
+                      once it is sent: a job's state, progress and result are not known here. \
+                      Watch the handler's log lines, the metrics or traces, or the dead-letter \
+                      queue; or run the embedded queue for `GET /jobs/{id}`",
+        }),
+    )
 }
 
 /// Serves the API on `listener` until `shutdown`.
@@ -265,13 +344,45 @@ fn error(status: StatusCode, body: serde_json::Value) -> Response {
     (status, axum::Json(body)).into_response()
 }
 
-async fn create_job<Q: Inspect>(
+/// Why a request was refused, as the API answers it.
+fn refusal(why: RequestError) -> Response {
+    match why {
+        RequestError::Rejected(Rejection::UnknownJob(name)) => error(
+            StatusCode::NOT_FOUND,
+            json!({"error": format!("no handler accepts the job name `{name}`")}),
+        ),
+        RequestError::Rejected(Rejection::HandlerUnavailable(why)) => {
+            error(StatusCode::SERVICE_UNAVAILABLE, json!({"error": why}))
+        }
+        RequestError::Rejected(Rejection::InvalidPayload(errors)) => error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            json!({"error": "payload fails the schema", "errors": errors}),
+        ),
+        RequestError::Invalid(message) => error(StatusCode::BAD_REQUEST, json!({"error": message})),
+    }
+}
+
+/// `POST /jobs`: one request object, or an array of them (the batch form: every one is
+/// checked before any is enqueued, and all are enqueued in one step).
+pub(crate) async fn create_job<Q: Queue>(
     State(api): State<Api<Q>>,
     headers: axum::http::HeaderMap,
     body: Bytes,
 ) -> Response {
-    let request: JobRequest = match serde_json::from_slice(&body) {
-        Ok(request) => request,
+    let batch = body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[');
+    let parsed = if batch {
+        serde_json::from_slice::<Vec<JobRequest>>(&body)
+    } else {
+        serde_json::from_slice::<JobRequest>(&body).map(|r| vec![r])
+    };
+    let requests = match parsed {
+        Ok(requests) if !requests.is_empty() => requests,
+        Ok(_) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                json!({"error": "an empty batch: nothing to enqueue"}),
+            );
+        }
         Err(e) => {
             return error(
                 StatusCode::BAD_REQUEST,
@@ -279,30 +390,66 @@ async fn create_job<Q: Inspect>(
             );
         }
     };
-    let job = match request.into_new_job(api.clock.now(), Some(&api.dispatcher)) {
-        Ok(job) => job,
-        Err(RequestError::Rejected(Rejection::UnknownJob(name))) => {
+    enqueue_requests(api, &headers, requests, batch).await
+}
+
+/// `POST /hooks/{name}`: a webhook receiver. The whole body (JSON) is the payload of a job
+/// named `name`, checked against its schema like any other; 202 with the job's id as soon
+/// as it is enqueued.
+pub(crate) async fn create_hook<Q: Queue>(
+    State(api): State<Api<Q>>,
+    Path(name): Path<String>,
+    headers: axum::http::HeaderMap,
+    body: Bytes,
+) -> Response {
+    let payload = match serde_json::from_slice(&body) {
+        Ok(payload) => payload,
+        Err(e) => {
             return error(
-                StatusCode::NOT_FOUND,
-                json!({"error": format!("no handler accepts the job name `{name}`")}),
+                StatusCode::BAD_REQUEST,
+                json!({"error": format!("the body is not JSON: {e}")}),
             );
-        }
-        Err(RequestError::Rejected(Rejection::HandlerUnavailable(why))) => {
-            return error(StatusCode::SERVICE_UNAVAILABLE, json!({"error": why}));
-        }
-        Err(RequestError::Rejected(Rejection::InvalidPayload(errors))) => {
-            return error(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                json!({"error": "payload fails the schema", "errors": errors}),
-            );
-        }
-        Err(RequestError::Invalid(message)) => {
-            return error(StatusCode::BAD_REQUEST, json!({"error": message}));
         }
     };
-    let mut jobs = vec![job];
+    let request = JobRequest {
+        job: name,
+        payload,
+        ..JobRequest::default()
+    };
+    enqueue_requests(api, &headers, vec![request], false).await
+}
+
+async fn enqueue_requests<Q: Queue>(
+    api: Api<Q>,
+    headers: &axum::http::HeaderMap,
+    requests: Vec<JobRequest>,
+    batch: bool,
+) -> Response {
+    let now = api.clock.now();
+    let mut jobs = Vec::with_capacity(requests.len());
+    for (index, request) in requests.into_iter().enumerate() {
+        match request.into_new_job(now, Some(&api.dispatcher)) {
+            Ok(job) => jobs.push(job),
+            Err(why) if batch => {
+                let refused = refusal(why);
+                let status = refused.status();
+                let mut body = axum::body::to_bytes(refused.into_body(), 1 << 20)
+                    .await
+                    .ok()
+                    .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+                    .unwrap_or_default();
+                body["index"] = json!(index);
+                body["error"] = json!(format!(
+                    "job {index} of the batch: {}; nothing enqueued",
+                    body["error"].as_str().unwrap_or("refused")
+                ));
+                return error(status, body);
+            }
+            Err(why) => return refusal(why),
+        }
+    }
     let parent = headers.get("traceparent").and_then(|v| v.to_str().ok());
-    let spans = crate::telemetry::sending(&mut jobs, "jobhost", &api.destination, parent);
+    let spans = crate::telemetry::sending(&mut jobs, api.system, &api.destination, parent);
     let enqueue = api.queue.enqueue(jobs);
     let enqueued = match spans.first() {
         Some(span) => {
@@ -312,24 +459,22 @@ async fn create_job<Q: Inspect>(
         None => enqueue.await,
     };
     match enqueued {
-        Ok(mut enqueued) => {
+        Ok(enqueued) if !enqueued.is_empty() => {
             api.wake.notify_one();
-            let (id, duplicate) = match enqueued.pop() {
-                Some(Enqueued::Created(id)) => (id, false),
-                Some(Enqueued::Duplicate(id)) => (id, true),
-                None => {
-                    return error(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        json!({"error": "nothing enqueued"}),
-                    );
-                }
+            let answers: Vec<_> = enqueued
+                .iter()
+                .map(|e| json!({"id": e.id(), "duplicate": matches!(e, Enqueued::Duplicate(_))}))
+                .collect();
+            let body = match batch {
+                true => json!({ "jobs": answers }),
+                false => answers.into_iter().next().unwrap_or_default(),
             };
-            (
-                StatusCode::ACCEPTED,
-                axum::Json(json!({"id": id, "duplicate": duplicate})),
-            )
-                .into_response()
+            (StatusCode::ACCEPTED, axum::Json(body)).into_response()
         }
+        Ok(_) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            json!({"error": "nothing enqueued"}),
+        ),
         Err(e) => error(
             StatusCode::SERVICE_UNAVAILABLE,
             json!({"error": e.to_string()}),

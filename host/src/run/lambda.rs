@@ -24,7 +24,7 @@ use serde_json::Value;
 
 use crate::clock::Clock;
 use crate::dispatch::{Delivery, Dispatcher};
-use crate::job::Outcome;
+use crate::job::{Outcome, Reason};
 use crate::queue::sqs::{
     Acknowledge, MAX_HOP, Sorted, SqsOptions, SqsQueue, SqsRecord, sort_records,
 };
@@ -59,6 +59,9 @@ pub enum InvocationError {
     /// The event has a shape jobhost does not know.
     #[error("{0}")]
     UnknownEvent(String),
+    /// An event of a known source (S3, EventBridge) that no handler's trigger matches.
+    #[error("{0}")]
+    Unrouted(String),
 }
 
 impl InvocationError {
@@ -67,6 +70,7 @@ impl InvocationError {
         match self {
             InvocationError::JobNotDone(_) => "JobNotDone",
             InvocationError::UnknownEvent(_) => "UnknownEvent",
+            InvocationError::Unrouted(_) => "Unrouted",
         }
     }
 }
@@ -106,6 +110,9 @@ pub struct LambdaHost {
     options: LambdaOptions,
     /// Where a direct invocation's follow-up jobs go (built once, at init).
     children: Option<Arc<SqsQueue>>,
+    /// The enqueue API served to API Gateway (HTTP API, payload v2) and function URL
+    /// requests, sending to the children queue.
+    api: Option<axum::Router>,
     /// The source queues seen so far, by ARN.
     queues: tokio::sync::Mutex<HashMap<String, Arc<SqsQueue>>>,
 }
@@ -133,6 +140,7 @@ impl LambdaHost {
                 ..options
             },
             children: None,
+            api: None,
             queues: tokio::sync::Mutex::default(),
         }
     }
@@ -140,6 +148,20 @@ impl LambdaHost {
     /// Sends the follow-up jobs of direct invocations to this queue (without one, a direct
     /// invocation that enqueues jobs fails, rather than dropping them).
     pub fn with_children_queue(mut self, queue: Option<Arc<SqsQueue>>) -> Self {
+        self.api = queue.as_ref().map(|queue| {
+            crate::run::http::send_router(crate::run::http::SendParts {
+                queue: queue.clone(),
+                clock: self.executor.clock().clone(),
+                dispatcher: self.executor.dispatcher().clone(),
+                metrics: None,
+                destination: queue
+                    .url()
+                    .rsplit('/')
+                    .next()
+                    .unwrap_or_default()
+                    .to_string(),
+            })
+        });
         self.children = queue;
         self
     }
@@ -164,20 +186,114 @@ impl LambdaHost {
             return serde_json::to_value(response)
                 .map_err(|e| InvocationError::JobNotDone(e.to_string()));
         }
-        if event.get("job").is_some() {
-            return self
-                .handle_direct(event, deadline)
-                .await
-                .map_err(InvocationError::JobNotDone);
+        if event["requestContext"]["http"]["method"].is_string() {
+            return Ok(self.handle_http(event).await);
+        }
+        let envelope = ["job", "type", "jobName"]
+            .iter()
+            .any(|k| event.get(k).is_some_and(Value::is_string));
+        if envelope || self.dispatcher().routes().route(&event).is_some() {
+            return self.handle_direct(event, deadline).await;
         }
         Err(InvocationError::UnknownEvent(format!(
             "unknown event ({}): jobhost understands SQS events (Records with eventSource \
-             aws:sqs) and direct invocations {{\"job\": NAME, \"payload\": {{...}}}}",
+             aws:sqs), S3 and EventBridge events, and direct invocations \
+             {{\"job\": NAME, \"payload\": {{...}}}}",
             describe_shape(&event)
         )))
     }
 
-    async fn handle_direct(&self, event: Value, deadline: SystemTime) -> Result<Value, String> {
+    /// Answers an API Gateway HTTP API (payload v2) or function URL request with the
+    /// enqueue API of `run --http` in front of SQS ([`crate::run::http::send_router`]).
+    async fn handle_http(&self, event: Value) -> Value {
+        use base64::Engine as _;
+        use tower::ServiceExt as _;
+        let Some(api) = self.api.clone() else {
+            return http_answer(
+                503,
+                &serde_json::json!({"error": "this function has no queue to send jobs to: set JOBHOST_SQS_URL"}),
+            );
+        };
+        let context = &event["requestContext"];
+        let method = context["http"]["method"].as_str().unwrap_or("GET");
+        let mut path = event["rawPath"]
+            .as_str()
+            .or(context["http"]["path"].as_str())
+            .unwrap_or("/")
+            .to_string();
+        // A named stage's requests carry it first in the path.
+        if let Some(stage) = context["stage"].as_str().filter(|s| *s != "$default")
+            && let Some(rest) = path.strip_prefix(&format!("/{stage}"))
+            && (rest.is_empty() || rest.starts_with('/'))
+        {
+            path = if rest.is_empty() {
+                "/".into()
+            } else {
+                rest.to_string()
+            };
+        }
+        if let Some(query) = event["rawQueryString"].as_str().filter(|q| !q.is_empty()) {
+            path = format!("{path}?{query}");
+        }
+        let body = event["body"].as_str().unwrap_or_default();
+        let body = if event["isBase64Encoded"].as_bool() == Some(true) {
+            match base64::engine::general_purpose::STANDARD.decode(body) {
+                Ok(bytes) => bytes,
+                Err(e) => {
+                    return http_answer(
+                        400,
+                        &serde_json::json!({"error": format!("the body is not base64: {e}")}),
+                    );
+                }
+            }
+        } else {
+            body.as_bytes().to_vec()
+        };
+        let mut request = axum::http::Request::builder()
+            .method(method)
+            .uri(path.as_str());
+        if let Some(headers) = event["headers"].as_object() {
+            for (name, value) in headers {
+                if let Some(value) = value.as_str() {
+                    request = request.header(name.as_str(), value);
+                }
+            }
+        }
+        let request = match request.body(axum::body::Body::from(body)) {
+            Ok(request) => request,
+            Err(e) => {
+                return http_answer(
+                    400,
+                    &serde_json::json!({"error": format!("bad request: {e}")}),
+                );
+            }
+        };
+        let Ok(response) = api.oneshot(request).await;
+        let status = response.status().as_u16();
+        let content_type = response
+            .headers()
+            .get(axum::http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("application/json")
+            .to_string();
+        let body = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap_or_default();
+        serde_json::json!({
+            "statusCode": status,
+            "headers": {"content-type": content_type},
+            "body": String::from_utf8_lossy(&body),
+            "isBase64Encoded": false,
+        })
+    }
+
+    /// Runs a direct invocation: an envelope, or an event routed by the triggers (one job
+    /// runs here; several are sent to `JOBHOST_SQS_URL`).
+    async fn handle_direct(
+        &self,
+        event: Value,
+        deadline: SystemTime,
+    ) -> Result<Value, InvocationError> {
         let body = event.to_string();
         let delivery = Delivery {
             deadline: Some(deadline - self.options.margin),
@@ -190,14 +306,21 @@ impl LambdaHost {
                 .spawn(|| dispatcher.dispatch(body.as_bytes(), &delivery))
                 .join()
         })
-        .map_err(|_| "the job's thread panicked".to_string())?;
+        .map_err(|_| InvocationError::JobNotDone("the job's thread panicked".to_string()))?;
+        if let Outcome::DeadLetter {
+            reason: Reason::Unrouted,
+            message,
+        } = &report.outcome
+        {
+            return Err(InvocationError::Unrouted(message.clone()));
+        }
         if report.outcome.is_done() && !report.enqueued.is_empty() {
             let Some(queue) = &self.children else {
-                return Err(format!(
+                return Err(InvocationError::JobNotDone(format!(
                     "the job enqueued {} follow-up jobs, but a direct invocation has no queue for \
                      them: set JOBHOST_SQS_URL",
                     report.enqueued.len()
-                ));
+                )));
             };
             let now = self.executor.clock().now();
             let children = report
@@ -205,14 +328,13 @@ impl LambdaHost {
                 .iter()
                 .map(|child| NewJob::follow_up(child.clone(), &report.job_id, now))
                 .collect();
-            queue
-                .enqueue(children)
-                .await
-                .map_err(|e| format!("follow-up jobs not sent: {e}"))?;
+            queue.enqueue(children).await.map_err(|e| {
+                InvocationError::JobNotDone(format!("follow-up jobs not sent: {e}"))
+            })?;
         }
         match report.outcome {
             Outcome::Done { .. } => Ok(report.to_json()),
-            _ => Err(report.to_json().to_string()),
+            _ => Err(InvocationError::JobNotDone(report.to_json().to_string())),
         }
     }
 
@@ -429,6 +551,16 @@ fn read_record(message: SqsMessage) -> Result<(String, SqsRecord), Option<String
         receipt,
     };
     Ok((arn, record))
+}
+
+/// An API Gateway answer with a JSON body.
+fn http_answer(status: u16, body: &Value) -> Value {
+    serde_json::json!({
+        "statusCode": status,
+        "headers": {"content-type": "application/json"},
+        "body": body.to_string(),
+        "isBase64Encoded": false,
+    })
 }
 
 /// A short description of an event's shape for an error message: its top-level keys, or

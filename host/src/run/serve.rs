@@ -38,6 +38,9 @@ pub struct ServeConfig {
     pub drain: bool,
     /// Grace period for running jobs on shutdown.
     pub grace: Duration,
+    /// Serve the HTTP API here: the whole API and the dashboard on the embedded queue, the
+    /// enqueue API in front of SQS.
+    pub http: Option<SocketAddr>,
     /// Serve `/metrics` on a listener of its own here.
     pub metrics: Option<SocketAddr>,
     /// The token the HTTP API's changing calls need (required for them beyond loopback).
@@ -53,8 +56,6 @@ pub enum QueueConfig {
     Sqlite {
         /// The queue file.
         db: PathBuf,
-        /// Serve the HTTP API here.
-        http: Option<SocketAddr>,
         /// Lease length (default: the longest handler timeout plus a minute).
         lease: Option<Duration>,
         /// Retention of done jobs.
@@ -195,12 +196,12 @@ async fn serve_sqs(
         handlers = %handler_list(&dispatcher),
         refused = dispatcher.plugins().errors().len(),
         concurrency,
+        http = %config.http.map_or_else(|| "off".to_string(), |addr| format!("http://{addr}")),
         metrics = %config.metrics.map_or_else(|| "off".to_string(), |addr| format!("http://{addr}/metrics")),
         "jobhost running on SQS"
     );
-    let metrics = config
-        .metrics
-        .map(|_| Arc::new(Metrics::new(dispatcher.plugins())));
+    let metrics = (config.metrics.is_some() || config.http.is_some())
+        .then(|| Arc::new(Metrics::new(dispatcher.plugins())));
     if let (Some(addr), Some(metrics)) = (config.metrics, &metrics) {
         let router = crate::run::http::metrics_router(metrics.clone(), None);
         listen(addr, router, &stopped, "metrics").await?;
@@ -211,13 +212,39 @@ async fn serve_sqs(
         .next()
         .unwrap_or_default()
         .to_string();
-    let runner = Runner::new(Arc::new(queue), dispatcher, Arc::new(SystemClock), run).observed_by(
-        Observers {
+    let queue = Arc::new(queue);
+    let scheduler = Scheduler::new(dispatcher.plugins(), queue.clone(), Arc::new(SystemClock));
+    if !scheduler.is_empty() {
+        if !queue.is_fifo() {
+            return Err(ServeError::Queue(QueueError(format!(
+                "the handlers declare [[schedule]] entries, which need a FIFO queue on SQS (its \
+                 deduplication fires each tick once however many hosts run); {} is a standard \
+                 queue. Use a .fifo queue, or EventBridge Scheduler (`jobhost package` writes \
+                 the schedules into the templates)",
+                queue.url()
+            ))));
+        }
+        tokio::spawn(scheduler.run(stopped.clone()));
+    }
+    if let Some(addr) = config.http {
+        if !addr.ip().is_loopback() {
+            tracing::warn!(%addr, "the HTTP API listens beyond loopback: anyone who reaches it may enqueue jobs (put it behind an authenticating proxy or API Gateway)");
+        }
+        let router = crate::run::http::send_router(crate::run::http::SendParts {
+            queue: queue.clone(),
+            clock: Arc::new(SystemClock),
+            dispatcher: dispatcher.clone(),
+            metrics: metrics.clone(),
+            destination: name.clone(),
+        });
+        listen(addr, router, &stopped, "HTTP API").await?;
+    }
+    let runner =
+        Runner::new(queue, dispatcher, Arc::new(SystemClock), run).observed_by(Observers {
             metrics,
             destination: Some(("aws_sqs", name)),
             ..Observers::default()
-        },
-    );
+        });
     Ok(runner.run(stopped).await)
 }
 
@@ -226,9 +253,9 @@ async fn serve_sqlite(
     dispatcher: Arc<Dispatcher>,
     stopped: watch::Receiver<bool>,
 ) -> Result<RunSummary, ServeError> {
+    let http = &config.http;
     let QueueConfig::Sqlite {
         db,
-        http,
         lease,
         retention,
     } = &config.queue

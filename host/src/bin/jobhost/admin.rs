@@ -70,6 +70,9 @@ fn block_on<T>(call: impl Future<Output = Result<T, QueueError>>) -> anyhow::Res
 }
 
 pub fn enqueue(args: EnqueueArgs) -> anyhow::Result<ExitCode> {
+    if let Some(path) = &args.raw {
+        return enqueue_raw(&args, path);
+    }
     let dispatcher = match &args.plugins {
         Some(dir) => Some(HostConfig::new(dir).start()?),
         None => None,
@@ -115,6 +118,34 @@ pub fn enqueue(args: EnqueueArgs) -> anyhow::Result<ExitCode> {
                 println!("{id}");
             }
         }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `enqueue --raw FILE`: the file's bytes as one message, unchecked.
+fn enqueue_raw(args: &EnqueueArgs, path: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let body = if path.as_os_str() == "-" {
+        let mut body = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::stdin().lock(), &mut body)?;
+        body
+    } else {
+        std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?
+    };
+    if let Some(queue) = args.queue.sqs() {
+        let body = String::from_utf8(body).context("an SQS message body must be UTF-8 text")?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let id = runtime.block_on(async {
+            let options = args.queue.sqs_options(queue.to_string());
+            let queue = connect_sqs(options, SqsRole::Producer).await?;
+            anyhow::Ok(queue.send_raw(body, args.group.clone()).await?)
+        })?;
+        println!("{id}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    for enqueued in open(&args.db)?.enqueue_raw(&[body])? {
+        println!("{}", enqueued.id());
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -167,6 +198,7 @@ fn single_request(args: &EnqueueArgs) -> anyhow::Result<JobRequest> {
         priority: args.priority,
         unique: args.unique.clone(),
         max_attempts: args.max_attempts,
+        ..JobRequest::default()
     })
 }
 

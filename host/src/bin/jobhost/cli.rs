@@ -78,6 +78,42 @@ pub enum Command {
     /// Write the Lambda layer and handlers zips (`dist/jobhost-layer-ARCH.zip`,
     /// `dist/handlers-ARCH.zip` with precompiled artifacts).
     Package(PackageArgs),
+    /// Write a SAM template or a Stacktape config for a handlers folder: the host, an
+    /// alarm on its dead-letter queue, and the schedules, S3 buckets and EventBridge rules
+    /// its manifests declare.
+    Template(TemplateArgs),
+}
+
+/// `jobhost template`.
+#[derive(Debug, Args)]
+pub struct TemplateArgs {
+    /// The handlers folder whose manifests declare the schedules and triggers.
+    #[arg(long, env = "JOBHOST_PLUGINS", default_value = "./handlers")]
+    pub plugins: PathBuf,
+    /// What to write.
+    #[arg(long, value_enum, default_value_t = TemplateFormat::Sam)]
+    pub format: TemplateFormat,
+    /// Add an HTTP API (API Gateway) with `POST /jobs` and `POST /hooks/{name}`.
+    #[arg(long)]
+    pub api: bool,
+    /// Subscribe this address to the dead-letter alarm.
+    #[arg(long)]
+    pub alert_email: Option<String>,
+    /// The Lambda architecture.
+    #[arg(long, value_enum, default_value_t = Arch::X86_64)]
+    pub arch: Arch,
+    /// Write here instead of standard output.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+/// The infrastructure-as-code format of `jobhost template`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum TemplateFormat {
+    /// An AWS SAM template (CloudFormation).
+    Sam,
+    /// A Stacktape config.
+    Stacktape,
 }
 
 /// `jobhost lambda`.
@@ -279,10 +315,6 @@ impl RunArgs {
         let queue = match self.queue.sqs() {
             Some(queue) => {
                 anyhow::ensure!(
-                    self.http.is_none(),
-                    "--http serves the embedded queue; on SQS, send messages to the queue"
-                );
-                anyhow::ensure!(
                     self.lease.is_none(),
                     "--lease is for the embedded queue; on SQS the lease is the queue's \
                      visibility timeout"
@@ -291,7 +323,6 @@ impl RunArgs {
             }
             None => QueueConfig::Sqlite {
                 db: self.db.db.clone(),
-                http: self.http,
                 lease: self.lease,
                 retention: Retention {
                     max_done: self.retain_done,
@@ -305,6 +336,7 @@ impl RunArgs {
             concurrency: self.concurrency.unwrap_or_else(default_concurrency),
             drain: self.drain,
             grace: self.grace,
+            http: self.http,
             metrics: self.metrics,
             admin_token: self.admin_token.clone().filter(|t| !t.is_empty()),
             read_only: self.read_only,
@@ -328,7 +360,7 @@ pub struct EnqueueArgs {
     #[arg(long, env = "JOBHOST_PLUGINS")]
     pub plugins: Option<PathBuf>,
     /// The job name.
-    #[arg(required_unless_present = "file")]
+    #[arg(required_unless_present_any = ["file", "raw"])]
     pub name: Option<String>,
     /// The payload, as JSON.
     pub payload: Option<String>,
@@ -351,6 +383,12 @@ pub struct EnqueueArgs {
     /// transaction; `-` reads standard input.
     #[arg(long, conflicts_with = "name")]
     pub file: Option<PathBuf>,
+    /// Put this file's content on the queue exactly as it is, unchecked (`-` reads
+    /// standard input): to replay a dead letter's raw body, or reproduce a poison
+    /// message. The host routes it as it would any message: an envelope, an S3 or
+    /// EventBridge event, or a dead letter.
+    #[arg(long, conflicts_with_all = ["name", "file"])]
+    pub raw: Option<PathBuf>,
 }
 
 /// `jobhost jobs ...`.

@@ -5,6 +5,7 @@ mod cli;
 mod lambda;
 mod package;
 mod scaffold;
+mod template;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -69,6 +70,7 @@ fn main() -> ExitCode {
         Command::New(args) => new_project(args),
         Command::Lambda(args) => lambda::run(args),
         Command::Package(args) => package::run(args),
+        Command::Template(args) => template::run(args),
     };
     jobhost::telemetry::shutdown();
     // The queued log lines first, then the final error.
