@@ -15,6 +15,15 @@ pub mod fixtures {
     include!(concat!(env!("OUT_DIR"), "/fixtures.rs"));
 }
 
+/// The tools folder `cargo xtask` installs into (`JOBHOST_TOOLS`, default
+/// `~/.cache/jobhost/tools`): the Python venv with moto, boto3, cfn-lint.
+pub fn tools_dir() -> PathBuf {
+    std::env::var_os("JOBHOST_TOOLS").map_or_else(
+        || PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/jobhost/tools"),
+        PathBuf::from,
+    )
+}
+
 /// A temporary plugins folder.
 pub struct Handlers {
     dir: tempfile::TempDir,

@@ -484,13 +484,7 @@ fn packaged_handlers_start_precompiled_from_a_read_only_folder() -> anyhow::Resu
 
 #[test]
 fn the_deployment_templates_follow_the_sqs_rules() -> anyhow::Result<()> {
-    let tools = std::env::var_os("JOBHOST_TOOLS").map_or_else(
-        || {
-            std::path::PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
-                .join(".cache/jobhost/tools")
-        },
-        std::path::PathBuf::from,
-    );
+    let tools = jobhost_tests::tools_dir();
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let sam = root.join("examples/deploy/sam/template.yaml");
     let stacktape = root.join("examples/deploy/stacktape/stacktape.yml");
@@ -530,13 +524,7 @@ fn the_deployment_templates_follow_the_sqs_rules() -> anyhow::Result<()> {
 
 #[test]
 fn the_recipe_templates_are_what_jobhost_template_writes() -> anyhow::Result<()> {
-    let tools = std::env::var_os("JOBHOST_TOOLS").map_or_else(
-        || {
-            std::path::PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
-                .join(".cache/jobhost/tools")
-        },
-        std::path::PathBuf::from,
-    );
+    let tools = jobhost_tests::tools_dir();
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     // What each recipe's SAM template must have, beside the host.
     let recipes: [(&str, &[&str]); 5] = [

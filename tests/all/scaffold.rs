@@ -8,10 +8,7 @@ use jobhost_tests::jobhost_command;
 
 /// The tools folder `cargo xtask examples` fills (wit-bindgen, wasm-tools, componentize-py).
 fn tools() -> anyhow::Result<PathBuf> {
-    let dir = std::env::var_os("JOBHOST_TOOLS").map_or_else(
-        || PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/jobhost/tools"),
-        PathBuf::from,
-    );
+    let dir = jobhost_tests::tools_dir();
     anyhow::ensure!(
         dir.join("bin/wit-bindgen").is_file() && dir.join("py/bin/componentize-py").is_file(),
         "the guest tools are not installed in {}: run `cargo xtask examples`",

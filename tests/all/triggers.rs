@@ -91,6 +91,25 @@ fn enqueue_raw(db: &Path, body: &str) -> anyhow::Result<String> {
     Ok(String::from_utf8(output.stdout)?.trim().to_string())
 }
 
+/// `jobhost run --drain` on the queue file `db` (with the test AWS environment); the queue.
+fn drain(handlers: &Handlers, db: &Path) -> anyhow::Result<SqliteQueue> {
+    let mut run = jobhost_command()?;
+    run.args(["run", "--drain", "--plugins"])
+        .arg(handlers.path())
+        .arg("--db")
+        .arg(db);
+    if sqs::endpoint().is_ok() {
+        sqs::aws_env(&mut run)?;
+    }
+    let output = run.output()?;
+    anyhow::ensure!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(SqliteQueue::open(db)?)
+}
+
 /// The `events` fixture is the handler of every trigger test.
 #[test]
 pub(crate) fn events() -> anyhow::Result<()> {
@@ -123,18 +142,7 @@ fn events_on_the_embedded_queue_become_jobs_by_trigger() -> anyhow::Result<()> {
     let other_bucket = enqueue_raw(&db, &s3_event("elsewhere", &["incoming/x.png"]).to_string())?;
     let not_an_event = enqueue_raw(&db, r#"{"hello": "world"}"#)?;
 
-    let output = jobhost_command()?
-        .args(["run", "--drain", "--plugins"])
-        .arg(handlers.path())
-        .arg("--db")
-        .arg(&db)
-        .output()?;
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let queue = SqliteQueue::open(&db)?;
+    let queue = drain(&handlers, &db)?;
     let rt = sqs::runtime()?;
     let jobs = rt.block_on(queue.jobs(JobFilter {
         limit: 100,
@@ -225,15 +233,7 @@ fn done_lines(stderr: &str) -> Vec<(String, String)> {
 }
 
 fn tools_python() -> std::path::PathBuf {
-    std::env::var_os("JOBHOST_TOOLS")
-        .map_or_else(
-            || {
-                std::path::PathBuf::from(std::env::var("HOME").unwrap_or_default())
-                    .join(".cache/jobhost/tools")
-            },
-            std::path::PathBuf::from,
-        )
-        .join("py/bin/python")
+    jobhost_tests::tools_dir().join("py/bin/python")
 }
 
 #[test]
@@ -548,19 +548,7 @@ fn an_upload_is_read_through_a_presigned_url_with_no_credentials_in_the_sandbox(
         &db,
         &s3_event(&bucket, &["incoming/day+report.csv"]).to_string(),
     )?;
-    let mut run = jobhost_command()?;
-    run.args(["run", "--drain", "--plugins"])
-        .arg(handlers.path())
-        .arg("--db")
-        .arg(&db);
-    sqs::aws_env(&mut run)?;
-    let output = run.output()?;
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let queue = SqliteQueue::open(&db)?;
+    let queue = drain(&handlers, &db)?;
     let rt = sqs::runtime()?;
     let job = rt
         .block_on(queue.job(&id))?

@@ -8,7 +8,8 @@
 //! - each `[[schedule]]`: an EventBridge Scheduler schedule invoking the function with the
 //!   job's envelope (refused when EventBridge cannot express the cron expression);
 //! - each S3 trigger: the bucket, notifying the queue of its events under the prefix;
-//! - each EventBridge trigger: a rule with the trigger's pattern, targeting the queue;
+//! - the EventBridge triggers: one rule, the `$or` of their patterns, targeting the queue
+//!   (an event matching two triggers is one message; jobhost routes it to both);
 //! - `--api`: an HTTP API (API Gateway, payload v2) with `POST /jobs` and
 //!   `POST /hooks/{name}` on the same function, which checks and sends to the queue.
 
@@ -18,6 +19,7 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use jobhost::plugin::Manifest;
+use jobhost::trigger::S3Trigger;
 use serde_json::{Value, json};
 
 use crate::cli::{TemplateArgs, TemplateFormat};
@@ -27,8 +29,8 @@ use crate::cli::{TemplateArgs, TemplateFormat};
 struct Plan {
     /// `(job, EventBridge cron expression, envelope)` of each `[[schedule]]`.
     schedules: Vec<(String, String, Value)>,
-    /// `(bucket, prefix, suffix, events)` of each S3 trigger.
-    buckets: Vec<(String, String, String, Vec<String>)>,
+    /// Each S3 trigger.
+    buckets: Vec<S3Trigger>,
     /// `(job, pattern)` of each EventBridge trigger.
     rules: Vec<(String, Value)>,
     /// Scheduled rules matched by name (they exist elsewhere).
@@ -101,12 +103,7 @@ fn plan(dir: &Path) -> anyhow::Result<Plan> {
         for trigger in &manifest.trigger {
             let job = trigger.job.clone().unwrap_or(first.clone());
             if let Some(s3) = &trigger.s3 {
-                plan.buckets.push((
-                    s3.bucket.clone(),
-                    s3.prefix.clone(),
-                    s3.suffix.clone(),
-                    s3.events.clone(),
-                ));
+                plan.buckets.push(s3.clone());
             }
             if let Some(pattern) = &trigger.eventbridge {
                 plan.rules.push((job, Value::Object(pattern.clone())));
@@ -256,11 +253,13 @@ Resources:
       RedrivePolicy:
         deadLetterTargetArn: !GetAtt JobsDeadLetterQueue.Arn
         maxReceiveCount: 20
-
-  # A message in the dead-letter queue raises the alarm.
-  AlertsTopic:
-    Type: AWS::SNS::Topic
-
+"#,
+        plugins = args.plugins.display(),
+        email = args.alert_email.as_deref().unwrap_or(""),
+    );
+    t.push_str(
+        r#"
+  # A message in the dead-letter queue raises the alarm (DeadLettersAlarm, to AlertsTopic).
   AlertEmailSubscription:
     Type: AWS::SNS::Subscription
     Condition: HasAlertEmail
@@ -268,100 +267,9 @@ Resources:
       TopicArn: !Ref AlertsTopic
       Protocol: email
       Endpoint: !Ref AlertEmail
-
-  DeadLettersAlarm:
-    Type: AWS::CloudWatch::Alarm
-    Properties:
-      AlarmDescription: Jobs failed for good (see jobhost.reason on each message)
-      Namespace: AWS/SQS
-      MetricName: ApproximateNumberOfMessagesVisible
-      Dimensions:
-        - Name: QueueName
-          Value: !GetAtt JobsDeadLetterQueue.QueueName
-      Statistic: Maximum
-      Period: 60
-      EvaluationPeriods: 1
-      Threshold: 1
-      ComparisonOperator: GreaterThanOrEqualToThreshold
-      TreatMissingData: notBreaching
-      AlarmActions: [!Ref AlertsTopic]
 "#,
-        plugins = args.plugins.display(),
-        email = args.alert_email.as_deref().unwrap_or(""),
     );
-    let senders = !plan.buckets.is_empty() || !plan.rules.is_empty();
-    if senders {
-        let _ = write!(
-            t,
-            r#"
-  # S3 and EventBridge may send their events to the queue.
-  JobsQueuePolicy:
-    Type: AWS::SQS::QueuePolicy
-    Properties:
-      Queues: [!Ref JobsQueue]
-      PolicyDocument:
-        Version: "2012-10-17"
-        Statement:
-          - Effect: Allow
-            Principal:
-              Service: [s3.amazonaws.com, events.amazonaws.com]
-            Action: sqs:SendMessage
-            Resource: !GetAtt JobsQueue.Arn
-            Condition:
-              StringEquals:
-                aws:SourceAccount: !Ref AWS::AccountId
-"#
-        );
-    }
-    for (index, (bucket, prefix, suffix, events)) in plan.buckets.iter().enumerate() {
-        let mut rules = Vec::new();
-        if !prefix.is_empty() {
-            rules.push(json!({"Name": "prefix", "Value": prefix}));
-        }
-        if !suffix.is_empty() {
-            rules.push(json!({"Name": "suffix", "Value": suffix}));
-        }
-        let _ = write!(
-            t,
-            r#"
-  # The uploads bucket of an S3 trigger: its events go to the queue.
-  {id}:
-    Type: AWS::S3::Bucket
-    DependsOn: JobsQueuePolicy
-    Properties:
-      BucketName: {bucket}
-      NotificationConfiguration:
-        QueueConfigurations:
-"#,
-            id = logical_id("Bucket", bucket, index),
-        );
-        for event in events {
-            let _ = writeln!(t, "          - Event: \"{event}\"");
-            let _ = writeln!(t, "            Queue: !GetAtt JobsQueue.Arn");
-            if !rules.is_empty() {
-                let filter = json!({"S3Key": {"Rules": rules}});
-                let _ = writeln!(t, "            Filter: {}", inline(&filter));
-            }
-        }
-    }
-    for (index, (job, pattern)) in plan.rules.iter().enumerate() {
-        let _ = write!(
-            t,
-            r#"
-  # The EventBridge trigger of `{job}`: matching events go to the queue.
-  {id}:
-    Type: AWS::Events::Rule
-    Properties:
-      EventBusName: default
-      EventPattern: {pattern}
-      Targets:
-        - Id: jobs-queue
-          Arn: !GetAtt JobsQueue.Arn
-"#,
-            id = logical_id("Rule", job, index),
-            pattern = inline(pattern),
-        );
-    }
+    cloudformation(&mut t, plan, &SAM_REFS);
     let _ = write!(
         t,
         r#"
@@ -561,13 +469,7 @@ resources:
         );
     }
     // What Stacktape has no resource type for: plain CloudFormation.
-    t.push_str(
-        r#"
-cloudformationResources:
-  AlertsTopic:
-    Type: AWS::SNS::Topic
-"#,
-    );
+    t.push_str("\ncloudformationResources:\n");
     if let Some(email) = &args.alert_email {
         let _ = write!(
             t,
@@ -580,8 +482,48 @@ cloudformationResources:
 "#
         );
     }
-    t.push_str(
-        r#"  DeadLettersAlarm:
+    cloudformation(&mut t, plan, &STACKTAPE_REFS);
+    t
+}
+
+/// How a format refers to the host's queues in plain CloudFormation resources.
+struct Refs {
+    /// The jobs queue's ARN.
+    queue_arn: &'static str,
+    /// The jobs queue's URL.
+    queue_url: &'static str,
+    /// The dead-letter queue's name.
+    dead_letter_name: &'static str,
+}
+
+const SAM_REFS: Refs = Refs {
+    queue_arn: "!GetAtt JobsQueue.Arn",
+    queue_url: "!Ref JobsQueue",
+    dead_letter_name: "!GetAtt JobsDeadLetterQueue.QueueName",
+};
+
+const STACKTAPE_REFS: Refs = Refs {
+    queue_arn: "$ResourceParam('jobsQueue', 'arn')",
+    queue_url: "$ResourceParam('jobsQueue', 'url')",
+    dead_letter_name: "$ResourceParam('jobsDeadLetterQueue', 'name')",
+};
+
+/// The resources both formats write as plain CloudFormation: the alarm on the dead-letter
+/// queue and its topic, the buckets of S3 triggers and the rules of EventBridge triggers
+/// (both sending to the jobs queue, which lets them).
+fn cloudformation(t: &mut String, plan: &Plan, refs: &Refs) {
+    let Refs {
+        queue_arn,
+        queue_url,
+        dead_letter_name,
+    } = refs;
+    let _ = write!(
+        t,
+        r#"
+  AlertsTopic:
+    Type: AWS::SNS::Topic
+
+  DeadLettersAlarm:
     Type: AWS::CloudWatch::Alarm
     Properties:
       AlarmDescription: Jobs failed for good (see jobhost.reason on each message)
@@ -589,7 +531,7 @@ cloudformationResources:
       MetricName: ApproximateNumberOfMessagesVisible
       Dimensions:
         - Name: QueueName
-          Value: $ResourceParam('jobsDeadLetterQueue', 'name')
+          Value: {dead_letter_name}
       Statistic: Maximum
       Period: 60
       EvaluationPeriods: 1
@@ -597,15 +539,18 @@ cloudformationResources:
       ComparisonOperator: GreaterThanOrEqualToThreshold
       TreatMissingData: notBreaching
       AlarmActions: [!Ref AlertsTopic]
-"#,
+"#
     );
     if !plan.buckets.is_empty() || !plan.rules.is_empty() {
-        t.push_str(
-            r#"  JobsQueuePolicy:
+        let _ = write!(
+            t,
+            r#"
+  # S3 and EventBridge may send their events to the queue.
+  JobsQueuePolicy:
     Type: AWS::SQS::QueuePolicy
     Properties:
       Queues:
-        - $ResourceParam('jobsQueue', 'url')
+        - {queue_url}
       PolicyDocument:
         Version: "2012-10-17"
         Statement:
@@ -613,21 +558,40 @@ cloudformationResources:
             Principal:
               Service: [s3.amazonaws.com, events.amazonaws.com]
             Action: sqs:SendMessage
-            Resource: $ResourceParam('jobsQueue', 'arn')
-"#,
+            Resource: {queue_arn}
+            Condition:
+              StringEquals:
+                aws:SourceAccount: !Ref AWS::AccountId
+"#
         );
     }
-    for (index, (bucket, prefix, suffix, events)) in plan.buckets.iter().enumerate() {
-        let mut rules = Vec::new();
-        if !prefix.is_empty() {
-            rules.push(json!({"Name": "prefix", "Value": prefix}));
+    // One bucket resource per bucket: with one trigger on it, S3 filters by its prefix and
+    // suffix; with several, S3 sends every event of theirs (overlapping filters are refused
+    // by S3) and the triggers choose.
+    let mut buckets: Vec<(&str, Vec<&S3Trigger>)> = Vec::new();
+    for trigger in &plan.buckets {
+        match buckets.iter_mut().find(|(name, _)| *name == trigger.bucket) {
+            Some((_, triggers)) => triggers.push(trigger),
+            None => buckets.push((&trigger.bucket, vec![trigger])),
         }
-        if !suffix.is_empty() {
-            rules.push(json!({"Name": "suffix", "Value": suffix}));
-        }
+    }
+    for (bucket, triggers) in buckets {
+        let rules: Vec<Value> = match triggers.as_slice() {
+            [one] => [("prefix", &one.prefix), ("suffix", &one.suffix)]
+                .into_iter()
+                .filter(|(_, value)| !value.is_empty())
+                .map(|(name, value)| json!({"Name": name, "Value": value}))
+                .collect(),
+            _ => Vec::new(),
+        };
+        let mut events: Vec<&String> = triggers.iter().flat_map(|t| &t.events).collect();
+        events.sort();
+        events.dedup();
         let _ = write!(
             t,
-            r#"  {id}:
+            r#"
+  # The bucket of S3 triggers: its events go to the queue.
+  {id}:
     Type: AWS::S3::Bucket
     DependsOn: JobsQueuePolicy
     Properties:
@@ -635,34 +599,42 @@ cloudformationResources:
       NotificationConfiguration:
         QueueConfigurations:
 "#,
-            id = logical_id("Bucket", bucket, index),
+            id = logical_id("Bucket", bucket, 0),
         );
         for event in events {
             let _ = writeln!(t, "          - Event: \"{event}\"");
-            let _ = writeln!(t, "            Queue: $ResourceParam('jobsQueue', 'arn')");
+            let _ = writeln!(t, "            Queue: {queue_arn}");
             if !rules.is_empty() {
                 let filter = json!({"S3Key": {"Rules": rules}});
                 let _ = writeln!(t, "            Filter: {}", inline(&filter));
             }
         }
     }
-    for (index, (job, pattern)) in plan.rules.iter().enumerate() {
-        let _ = write!(
-            t,
-            r#"  {id}: # the EventBridge trigger of `{job}`
+    // One rule for every EventBridge trigger (`$or` of their patterns), so an event that
+    // matches two triggers is one message, which jobhost routes to both.
+    let patterns: Vec<&Value> = plan.rules.iter().map(|(_, p)| p).collect();
+    let pattern = match patterns.as_slice() {
+        [] => return,
+        [one] => (*one).clone(),
+        many => json!({ "$or": many }),
+    };
+    let jobs: Vec<&str> = plan.rules.iter().map(|(j, _)| j.as_str()).collect();
+    let _ = write!(
+        t,
+        r#"
+  # The EventBridge triggers ({jobs}): matching events go to the queue, once each.
+  JobsEventsRule:
     Type: AWS::Events::Rule
     Properties:
       EventBusName: default
       EventPattern: {pattern}
       Targets:
         - Id: jobs-queue
-          Arn: $ResourceParam('jobsQueue', 'arn')
+          Arn: {queue_arn}
 "#,
-            id = logical_id("Rule", job, index),
-            pattern = inline(pattern),
-        );
-    }
-    t
+        jobs = jobs.join(", "),
+        pattern = inline(&pattern),
+    );
 }
 
 impl TemplateArgs {
