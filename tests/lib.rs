@@ -24,6 +24,17 @@ pub fn tools_dir() -> PathBuf {
     )
 }
 
+/// The PostgreSQL server `cargo xtask test` starts (`JOBHOST_TEST_POSTGRES`), or an error
+/// that says how to get one.
+pub fn postgres_url() -> anyhow::Result<String> {
+    std::env::var("JOBHOST_TEST_POSTGRES").map_err(|_| {
+        anyhow::anyhow!(
+            "JOBHOST_TEST_POSTGRES is not set: run the tests with `cargo xtask test`, which \
+             starts PostgreSQL on 127.0.0.1"
+        )
+    })
+}
+
 /// A temporary plugins folder.
 pub struct Handlers {
     dir: tempfile::TempDir,
@@ -847,4 +858,126 @@ fn spans_of(export: &Value) -> Vec<ReceivedSpan> {
         }
     }
     out
+}
+
+/// A PostgreSQL server of a test's own (Debian's binaries, `initdb` into a temp folder, as
+/// the `postgres` user when the tests run as root), for a test that stops and restarts
+/// it. Stopped when dropped.
+pub struct PgServer {
+    bin: PathBuf,
+    dir: tempfile::TempDir,
+    port: u16,
+    ids: Option<(u32, u32)>,
+    child: Option<std::process::Child>,
+}
+
+impl PgServer {
+    /// Creates the cluster and starts the server on a free loopback port.
+    pub fn start() -> anyhow::Result<Self> {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")?
+            .filter_map(Result::ok)
+            .map(|e| e.path().join("bin"))
+            .filter(|b| b.join("initdb").is_file())
+            .max()
+            .ok_or_else(|| anyhow::anyhow!("PostgreSQL is not installed"))?;
+        let root = std::process::Command::new("id")
+            .arg("-u")
+            .output()
+            .is_ok_and(|o| o.stdout.starts_with(b"0\n"));
+        let ids = if root {
+            let id = |flag: &str| -> anyhow::Result<u32> {
+                let out = std::process::Command::new("id")
+                    .args([flag, "postgres"])
+                    .output()?;
+                Ok(String::from_utf8_lossy(&out.stdout).trim().parse()?)
+            };
+            Some((id("-u")?, id("-g")?))
+        } else {
+            None
+        };
+        let dir = tempfile::tempdir()?;
+        if let Some((uid, gid)) = ids {
+            std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid))?;
+        }
+        let mut server = Self {
+            bin,
+            dir,
+            port: std::net::TcpListener::bind("127.0.0.1:0")?
+                .local_addr()?
+                .port(),
+            ids,
+            child: None,
+        };
+        let status = server
+            .command("initdb")
+            .arg("-D")
+            .arg(server.dir.path().join("data"))
+            .args(["-A", "trust", "-U", "jobhost", "--no-sync"])
+            .stdout(std::process::Stdio::null())
+            .status()?;
+        anyhow::ensure!(status.success(), "initdb failed");
+        server.restart()?;
+        Ok(server)
+    }
+
+    fn command(&self, program: &str) -> std::process::Command {
+        let mut command = std::process::Command::new(self.bin.join(program));
+        if let Some((uid, gid)) = self.ids {
+            use std::os::unix::process::CommandExt as _;
+            command.uid(uid).gid(gid);
+        }
+        command
+    }
+
+    /// The URL of its `postgres` database.
+    pub fn url(&self) -> String {
+        format!("postgres://jobhost@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// Starts the server (again), and waits until it accepts connections.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        let child = self
+            .command("postgres")
+            .arg("-D")
+            .arg(self.dir.path().join("data"))
+            .args(["-p", &self.port.to_string(), "-h", "127.0.0.1", "-k"])
+            .arg(self.dir.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()?;
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        // Accepting connections, not just listening (it listens while it starts up).
+        let ready = || {
+            std::process::Command::new(self.bin.join("pg_isready"))
+                .args(["-q", "-h", "127.0.0.1", "-p", &self.port.to_string()])
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        while !ready() {
+            anyhow::ensure!(
+                std::time::Instant::now() < deadline,
+                "PostgreSQL did not start"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        Ok(())
+    }
+
+    /// Stops the server (fast shutdown: open connections are closed).
+    pub fn stop(&mut self) -> anyhow::Result<()> {
+        if let Some(mut child) = self.child.take() {
+            std::process::Command::new("kill")
+                .args(["-INT", &child.id().to_string()])
+                .status()?;
+            child.wait()?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for PgServer {
+    fn drop(&mut self) {
+        let _ = self.stop();
+    }
 }

@@ -12,6 +12,7 @@ mod loading;
 mod operate;
 mod outcomes;
 mod poison;
+mod postgres;
 mod process;
 mod queue;
 mod runner;

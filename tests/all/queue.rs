@@ -1,14 +1,20 @@
-//! The embedded queue on a real SQLite file: every state transition, leases, backoff on an
-//! injected clock, unique keys, children committed only with their parent, periodic ticks.
+//! The queue backends with every feature, on real storage: the SQLite file and a
+//! PostgreSQL server (started by `cargo xtask test`). One suite, two backends: every state
+//! transition, leases and their fencing, backoff on an injected clock, unique keys,
+//! children committed only with their parent, periodic ticks, the runner draining it.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, SystemTime};
 
-use jobhost::clock::{Clock as _, ManualClock};
+use jobhost::clock::{Clock, ManualClock};
 use jobhost::dispatch::Delivery;
 use jobhost::job::{Outcome, Reason};
-use jobhost::queue::CancelResult;
+use jobhost::queue::postgres::{PostgresOptions, PostgresQueue};
 use jobhost::queue::sqlite::{Retention, SqliteQueue};
+use jobhost::queue::{
+    Administer, CancelResult, Inspect, JobFilter, JobRecord, Queue, QueueError, Redrive,
+};
 use jobhost::queue::{Delivered, Enqueued, NewJob, Settlement};
 use jobhost::run::schedule::Scheduler;
 use jobhost_tests::{Handlers, fixtures};
@@ -16,49 +22,197 @@ use serde_json::json;
 
 const LEASE: Duration = Duration::from_secs(30);
 
-struct Db {
-    dir: tempfile::TempDir,
-    clock: Arc<ManualClock>,
+/// Which backend a test runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Sqlite,
+    Postgres,
 }
 
+/// Runs `test` on each backend, saying which one failed.
+fn on_both(test: impl Fn(&Db) -> anyhow::Result<()>) -> anyhow::Result<()> {
+    for kind in [Kind::Sqlite, Kind::Postgres] {
+        let db = Db::new(kind)?;
+        test(&db).map_err(|e| e.context(format!("on {kind:?}")))?;
+    }
+    Ok(())
+}
+
+/// One queue's storage: a file, or a schema of its own on the test server.
+struct Db {
+    kind: Kind,
+    dir: tempfile::TempDir,
+    schema: String,
+    clock: Arc<ManualClock>,
+    /// The PostgreSQL pools' connections live on this runtime.
+    rt: Arc<tokio::runtime::Runtime>,
+}
+
+static SCHEMAS: AtomicU32 = AtomicU32::new(0);
+
 impl Db {
-    fn new() -> anyhow::Result<Self> {
+    fn new(kind: Kind) -> anyhow::Result<Self> {
         Ok(Self {
+            kind,
             dir: tempfile::tempdir()?,
+            schema: format!(
+                "q{}_{}",
+                std::process::id(),
+                SCHEMAS.fetch_add(1, Ordering::SeqCst)
+            ),
             clock: Arc::new(ManualClock::new(
                 SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000),
             )),
+            rt: Arc::new(jobhost_tests::sqs::threaded_runtime()?),
         })
     }
 
     /// A connection with its own lease owner: a worker process, as far as the queue knows.
-    fn open(&self) -> anyhow::Result<SqliteQueue> {
-        Ok(SqliteQueue::open_with(
-            &self.dir.path().join("q.db"),
-            self.clock.clone(),
-            Retention::default(),
-        )?)
+    fn open(&self) -> anyhow::Result<Store> {
+        self.open_on(self.clock.clone())
+    }
+
+    /// [`Db::open`] on another clock.
+    fn open_on(&self, clock: Arc<dyn Clock>) -> anyhow::Result<Store> {
+        let queue = match self.kind {
+            Kind::Sqlite => Backend::Sqlite(SqliteQueue::open_with(
+                &self.dir.path().join("q.db"),
+                clock.clone(),
+                Retention::default(),
+            )?),
+            Kind::Postgres => {
+                let options = PostgresOptions {
+                    schema: self.schema.clone(),
+                    pool_size: 4,
+                    ..PostgresOptions::new(jobhost_tests::postgres_url()?)
+                };
+                let on = clock.clone();
+                Backend::Postgres(
+                    self.rt
+                        .block_on(async { PostgresQueue::connect(options, on).await })?,
+                )
+            }
+        };
+        Ok(Store {
+            queue,
+            clock,
+            rt: self.rt.clone(),
+        })
     }
 }
 
-fn settle(queue: &SqliteQueue, delivered: &Delivered, outcome: Outcome) -> anyhow::Result<()> {
+#[derive(Clone)]
+enum Backend {
+    Sqlite(SqliteQueue),
+    Postgres(PostgresQueue),
+}
+
+/// A queue of either backend, called through the backend traits (blocking).
+#[derive(Clone)]
+struct Store {
+    queue: Backend,
+    clock: Arc<dyn Clock>,
+    rt: Arc<tokio::runtime::Runtime>,
+}
+
+/// `$call` with `$q` bound to the store's queue, run to its end.
+macro_rules! call {
+    ($store:expr, $q:ident => $call:expr) => {{
+        let store = $store;
+        match &store.queue {
+            Backend::Sqlite($q) => store.block(async { $call.await }),
+            Backend::Postgres($q) => store.block(async { $call.await }),
+        }
+    }};
+}
+
+impl Store {
+    fn block<T>(&self, call: impl Future<Output = Result<T, QueueError>>) -> anyhow::Result<T> {
+        Ok(self.rt.block_on(call)?)
+    }
+
+    fn clock(&self) -> Arc<dyn Clock> {
+        self.clock.clone()
+    }
+
+    fn enqueue_now(&self, jobs: &[NewJob]) -> anyhow::Result<Vec<Enqueued>> {
+        call!(self, q => Queue::enqueue(q, jobs.to_vec()))
+    }
+
+    fn claim(&self, max: usize, lease: Duration) -> anyhow::Result<Vec<Delivered>> {
+        call!(self, q => Queue::receive(q, max, lease))
+    }
+
+    fn settle_now(&self, batch: &[Settlement]) -> anyhow::Result<()> {
+        call!(self, q => Queue::settle(q, batch.to_vec()))
+    }
+
+    fn extend_now(&self, deliveries: &[Delivered], lease: Duration) -> anyhow::Result<()> {
+        call!(self, q => Queue::extend(q, deliveries.to_vec(), lease))
+    }
+
+    fn idle_now(&self) -> anyhow::Result<bool> {
+        call!(self, q => Queue::is_idle(q))
+    }
+
+    fn get(&self, id: &str) -> anyhow::Result<Option<JobRecord>> {
+        call!(self, q => Inspect::job(q, id))
+    }
+
+    fn list(
+        &self,
+        state: Option<&str>,
+        name: Option<&str>,
+        limit: usize,
+    ) -> anyhow::Result<Vec<JobRecord>> {
+        let filter = JobFilter {
+            state: state.map(str::to_string),
+            name: name.map(str::to_string),
+            limit,
+            ..JobFilter::default()
+        };
+        call!(self, q => Inspect::jobs(q, filter.clone()))
+    }
+
+    fn cancel(&self, id: &str) -> anyhow::Result<CancelResult> {
+        call!(self, q => Administer::cancel(q, id))
+    }
+
+    fn redrive(&self, id: Option<&str>) -> anyhow::Result<u64> {
+        let which = id.map_or(Redrive::All, |id| Redrive::One(id.to_string()));
+        call!(self, q => Administer::redrive(q, which.clone()))
+    }
+
+    fn stats(&self) -> anyhow::Result<jobhost::queue::Stats> {
+        call!(self, q => Inspect::stats(q))
+    }
+
+    fn purge_dead(&self) -> anyhow::Result<u64> {
+        call!(self, q => Administer::purge_dead(q))
+    }
+}
+
+fn settle(queue: &Store, delivered: &Delivered, outcome: Outcome) -> anyhow::Result<()> {
     settle_with(
         queue,
         Settlement::new(delivered.clone(), outcome, queue.clock().now()),
     )
 }
 
-fn settle_with(queue: &SqliteQueue, settlement: Settlement) -> anyhow::Result<()> {
-    Ok(queue.settle_now(&[settlement])?)
+fn settle_with(queue: &Store, settlement: Settlement) -> anyhow::Result<()> {
+    queue.settle_now(&[settlement])
 }
 
-fn state(queue: &SqliteQueue, id: &str) -> anyhow::Result<String> {
+fn state(queue: &Store, id: &str) -> anyhow::Result<String> {
     Ok(queue.get(id)?.map(|r| r.state).unwrap_or_default())
 }
 
 #[test]
 fn every_state_transition() -> anyhow::Result<()> {
-    let db = Db::new()?;
+    on_both(every_state_transition_on)
+}
+
+fn every_state_transition_on(db: &Db) -> anyhow::Result<()> {
     let queue = db.open()?;
     let ids: Vec<String> = queue
         .enqueue_now(&[
@@ -147,7 +301,10 @@ fn every_state_transition() -> anyhow::Result<()> {
 
 #[test]
 fn a_retry_waits_for_its_backoff_on_the_clock() -> anyhow::Result<()> {
-    let db = Db::new()?;
+    on_both(a_retry_waits_for_its_backoff_on_the_clock_on)
+}
+
+fn a_retry_waits_for_its_backoff_on_the_clock_on(db: &Db) -> anyhow::Result<()> {
     let queue = db.open()?;
     queue.enqueue_now(&[NewJob::new("a", json!({}))])?;
     let first = queue.claim(1, LEASE)?;
@@ -181,7 +338,10 @@ fn a_retry_waits_for_its_backoff_on_the_clock() -> anyhow::Result<()> {
 
 #[test]
 fn priority_then_run_at_order() -> anyhow::Result<()> {
-    let db = Db::new()?;
+    on_both(priority_then_run_at_order_on)
+}
+
+fn priority_then_run_at_order_on(db: &Db) -> anyhow::Result<()> {
     let queue = db.open()?;
     let mut jobs = Vec::new();
     for (name, priority, delay_s) in [
@@ -213,7 +373,12 @@ fn priority_then_run_at_order() -> anyhow::Result<()> {
 
 #[test]
 fn an_expired_lease_is_claimed_again_and_the_old_result_is_dropped() -> anyhow::Result<()> {
-    let db = Db::new()?;
+    on_both(an_expired_lease_is_claimed_again_and_the_old_result_is_dropped_on)
+}
+
+fn an_expired_lease_is_claimed_again_and_the_old_result_is_dropped_on(
+    db: &Db,
+) -> anyhow::Result<()> {
     let died = db.open()?;
     let alive = db.open()?;
     died.enqueue_now(&[NewJob::new("a", json!({}))])?;
@@ -258,7 +423,10 @@ fn an_expired_lease_is_claimed_again_and_the_old_result_is_dropped() -> anyhow::
 
 #[test]
 fn an_extended_lease_is_not_taken() -> anyhow::Result<()> {
-    let db = Db::new()?;
+    on_both(an_extended_lease_is_not_taken_on)
+}
+
+fn an_extended_lease_is_not_taken_on(db: &Db) -> anyhow::Result<()> {
     let worker = db.open()?;
     let other = db.open()?;
     worker.enqueue_now(&[NewJob::new("a", json!({}))])?;
@@ -281,7 +449,10 @@ fn an_extended_lease_is_not_taken() -> anyhow::Result<()> {
 
 #[test]
 fn unique_keys_return_the_existing_job() -> anyhow::Result<()> {
-    let db = Db::new()?;
+    on_both(unique_keys_return_the_existing_job_on)
+}
+
+fn unique_keys_return_the_existing_job_on(db: &Db) -> anyhow::Result<()> {
     let queue = db.open()?;
     let mut job = NewJob::new("a", json!({}));
     job.unique_key = Some("invoice-7".into());
@@ -310,10 +481,13 @@ fn unique_keys_return_the_existing_job() -> anyhow::Result<()> {
 
 #[test]
 fn children_are_committed_only_with_the_parents_success() -> anyhow::Result<()> {
+    on_both(children_are_committed_only_with_the_parents_success_on)
+}
+
+fn children_are_committed_only_with_the_parents_success_on(db: &Db) -> anyhow::Result<()> {
     let handlers = Handlers::new()?;
     handlers.add(fixtures::ECHO, "echo")?;
     let dispatcher = handlers.dispatcher()?;
-    let db = Db::new()?;
     let queue = db.open()?;
     queue.enqueue_now(&[NewJob::new(
         "echo",
@@ -367,6 +541,29 @@ fn children_are_committed_only_with_the_parents_success() -> anyhow::Result<()> 
 
 #[test]
 fn periodic_ticks_are_not_doubled_across_a_restart() -> anyhow::Result<()> {
+    on_both(periodic_ticks_are_not_doubled_across_a_restart_on)
+}
+
+/// A scheduler over the store's queue, on its clock: its `tick` as a closure.
+fn scheduler(
+    store: Store,
+    plugins: &jobhost::plugin::PluginSet,
+) -> Box<dyn FnMut() -> anyhow::Result<usize>> {
+    let clock = store.clock();
+    let rt = store.rt.clone();
+    match store.queue {
+        Backend::Sqlite(q) => {
+            let mut scheduler = Scheduler::new(plugins, Arc::new(q), clock);
+            Box::new(move || Ok(rt.block_on(scheduler.tick())?.len()))
+        }
+        Backend::Postgres(q) => {
+            let mut scheduler = Scheduler::new(plugins, Arc::new(q), clock);
+            Box::new(move || Ok(rt.block_on(scheduler.tick())?.len()))
+        }
+    }
+}
+
+fn periodic_ticks_are_not_doubled_across_a_restart_on(db: &Db) -> anyhow::Result<()> {
     let handlers = Handlers::new()?;
     handlers.add(fixtures::NOOP, "noop")?;
     handlers.sidecar(
@@ -375,29 +572,21 @@ fn periodic_ticks_are_not_doubled_across_a_restart() -> anyhow::Result<()> {
         "[[schedule]]\ncron = \"* * * * *\"\npayload = { from = \"cron\" }\n",
     )?;
     let dispatcher = handlers.dispatcher()?;
-    let db = Db::new()?;
     // 1_800_000_000 s is 10:40:00 UTC; start half a minute later.
     db.clock.advance(Duration::from_secs(30));
-    let rt = jobhost_tests::sqs::runtime()?;
-    let scheduler = || -> anyhow::Result<_> {
-        let queue = db.open()?;
-        let clock = queue.clock().clone();
-        Ok(Scheduler::new(
-            dispatcher.plugins(),
-            std::sync::Arc::new(queue),
-            clock,
-        ))
-    };
-    let mut first = scheduler()?;
+    let mut first = scheduler(db.open()?, dispatcher.plugins());
     // Looking back one minute at start, the 10:40:00 tick is due once.
-    assert_eq!(rt.block_on(first.tick())?.len(), 1);
-    assert_eq!(rt.block_on(first.tick())?.len(), 0);
+    assert_eq!(first()?, 1);
+    assert_eq!(first()?, 0);
     db.clock.advance(Duration::from_secs(31));
-    assert_eq!(rt.block_on(first.tick())?.len(), 1, "the 10:41:00 tick");
-    // A restart a few seconds later looks back over both ticks and enqueues neither again.
+    assert_eq!(first()?, 1, "the 10:41:00 tick");
+    // A restart (and a second host) a few seconds later looks back over both ticks and
+    // enqueues neither again.
     db.clock.advance(Duration::from_secs(5));
-    let mut restarted = scheduler()?;
-    assert_eq!(rt.block_on(restarted.tick())?.len(), 0);
+    let mut restarted = scheduler(db.open()?, dispatcher.plugins());
+    let mut other_host = scheduler(db.open()?, dispatcher.plugins());
+    assert_eq!(restarted()?, 0);
+    assert_eq!(other_host()?, 0);
     let queue = db.open()?;
     let jobs = queue.list(None, Some("noop"), 10)?;
     assert_eq!(jobs.len(), 2);
@@ -407,14 +596,18 @@ fn periodic_ticks_are_not_doubled_across_a_restart() -> anyhow::Result<()> {
 
 #[test]
 fn the_runner_drains_a_real_queue_file() -> anyhow::Result<()> {
+    on_both(the_runner_drains_a_real_queue_on)
+}
+
+fn the_runner_drains_a_real_queue_on(db: &Db) -> anyhow::Result<()> {
     let handlers = Handlers::new()?;
     handlers.add(fixtures::ECHO, "echo")?;
     handlers.add(fixtures::PERMANENT, "permanent")?;
     handlers.add(fixtures::TRANSIENT, "transient")?;
     handlers.sidecar("transient", "toml", "[retry]\nmax-attempts = 2\n")?;
     let dispatcher = Arc::new(handlers.dispatcher()?);
-    let dir = tempfile::tempdir()?;
-    let queue = SqliteQueue::open(&dir.path().join("q.db"))?;
+    // The runner's settlements are on the system clock: so is this queue.
+    let queue = db.open_on(Arc::new(jobhost::clock::SystemClock))?;
     let mut jobs: Vec<NewJob> = (0..500)
         .map(|i| NewJob::new("echo", json!({"message": format!("m{i}")})))
         .collect();
@@ -426,7 +619,10 @@ fn the_runner_drains_a_real_queue_file() -> anyhow::Result<()> {
     flaky.max_attempts = Some(2);
     jobs.push(flaky);
     queue.enqueue_now(&jobs)?;
-    let summary = jobhost_tests::drain(&queue, dispatcher)?;
+    let summary = match &queue.queue {
+        Backend::Sqlite(q) => jobhost_tests::drain_queue(Arc::new(q.clone()), dispatcher)?,
+        Backend::Postgres(q) => jobhost_tests::drain_queue(Arc::new(q.clone()), dispatcher)?,
+    };
     assert_eq!(
         summary.termination,
         jobhost::run::poller::Termination::Drained
@@ -471,7 +667,7 @@ PRAGMA user_version = 1;
 
 #[test]
 fn a_version_1_queue_file_is_migrated_and_its_jobs_run() -> anyhow::Result<()> {
-    let db = Db::new()?;
+    let db = Db::new(Kind::Sqlite)?;
     let path = db.dir.path().join("q.db");
     rusqlite::Connection::open(&path)?.execute_batch(SCHEMA_V1)?;
     let queue = db.open()?;

@@ -193,7 +193,24 @@ const APT_PACKAGES: &[&str] = &[
     "prometheus",
     // The dashboard test's browser (driven by playwright-core from npm).
     "chromium",
+    // The PostgreSQL queue's tests (initdb into a temp dir, one server per test run).
+    "postgresql",
 ];
+
+/// The `bin` folder of Debian's newest PostgreSQL (`/usr/lib/postgresql/N/bin`).
+fn postgres_bin() -> Option<PathBuf> {
+    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .ok()?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let version = e.file_name().to_string_lossy().parse().ok()?;
+            let bin = e.path().join("bin");
+            bin.join("initdb").is_file().then_some((version, bin))
+        })
+        .collect();
+    versions.sort();
+    versions.pop().map(|(_, bin)| bin)
+}
 
 impl Tools {
     fn dir() -> PathBuf {
@@ -233,7 +250,8 @@ impl Tools {
             && Command::new("clang").arg("--version").output().is_ok()
             && Command::new("wasm-ld").arg("--version").output().is_ok()
             && Command::new("prometheus").arg("--version").output().is_ok()
-            && Path::new("/usr/bin/chromium").is_file();
+            && Path::new("/usr/bin/chromium").is_file()
+            && postgres_bin().is_some();
         if !c_ready {
             let sudo = !Command::new("id")
                 .arg("-u")
@@ -439,6 +457,85 @@ fn test() -> Result {
 struct Services {
     children: Vec<std::process::Child>,
     env: Vec<(String, String)>,
+    /// Temporary folders removed when the services stop (PostgreSQL's data).
+    dirs: Vec<PathBuf>,
+}
+
+/// Starts PostgreSQL from Debian's packages: `initdb` into a new folder of the system's
+/// temp dir and the server on a free loopback port, as the unprivileged `postgres` user
+/// when this runs as root (initdb refuses root). Durable as in production: `fsync` and
+/// `synchronous_commit` on. Returns the port and the folder.
+fn start_postgres(
+    services: &mut Services,
+    log: &dyn Fn(&str) -> Result<std::process::Stdio>,
+) -> Result<(u16, PathBuf)> {
+    let bin =
+        postgres_bin().ok_or("PostgreSQL is not installed (Debian: apt-get install postgresql)")?;
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.starts_with(b"0\n"));
+    let data = std::env::temp_dir().join(format!("jobhost-pg-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&data);
+    std::fs::create_dir_all(&data).map_err(|e| e.to_string())?;
+    // As root, run as the `postgres` user Debian's package creates (the process itself,
+    // not a wrapper, so that stopping it by PID stops the server).
+    let ids = if root {
+        let id = |flag: &str| -> Result<u32> {
+            let out = Command::new("id")
+                .args([flag, "postgres"])
+                .output()
+                .map_err(|e| e.to_string())?;
+            String::from_utf8_lossy(&out.stdout)
+                .trim()
+                .parse()
+                .map_err(|_| {
+                    "no `postgres` user to run PostgreSQL as (it refuses root)".to_string()
+                })
+        };
+        Some((id("-u")?, id("-g")?))
+    } else {
+        None
+    };
+    let as_postgres = |program: PathBuf| {
+        let mut command = Command::new(program);
+        if let Some((uid, gid)) = ids {
+            use std::os::unix::process::CommandExt as _;
+            command.uid(uid).gid(gid);
+        }
+        command
+    };
+    if let Some((uid, _)) = ids {
+        run(Command::new("chown").arg(uid.to_string()).arg(&data))?;
+    }
+    let cluster = data.join("data");
+    run(as_postgres(bin.join("initdb"))
+        .arg("-D")
+        .arg(&cluster)
+        .args(["-A", "trust", "-U", "jobhost", "--no-sync"])
+        .stdout(log("initdb.log")?))?;
+    let port = free_port()?;
+    let mut child = as_postgres(bin.join("postgres"))
+        .arg("-D")
+        .arg(&cluster)
+        .args(["-p", &port.to_string(), "-h", "127.0.0.1", "-k"])
+        .arg(&data)
+        .args([
+            "-c",
+            "fsync=on",
+            "-c",
+            "synchronous_commit=on",
+            "-c",
+            "max_connections=300",
+        ])
+        .stdout(log("postgres.log")?)
+        .stderr(log("postgres.err")?)
+        .spawn()
+        .map_err(|e| format!("cannot start postgres: {e}"))?;
+    let ready = wait_for_port(port, "postgres", &mut child);
+    services.children.push(child);
+    ready?;
+    Ok((port, data))
 }
 
 fn free_port() -> Result<u16> {
@@ -470,6 +567,7 @@ impl Services {
         let mut services = Services {
             children: Vec::new(),
             env: Vec::new(),
+            dirs: Vec::new(),
         };
         let logs = target_root().join("test-services");
         std::fs::create_dir_all(&logs).map_err(|e| e.to_string())?;
@@ -506,8 +604,17 @@ impl Services {
         let ready = wait_for_port(lambda, "cargo lambda watch", &mut child);
         services.children.push(child);
         ready?;
-        eprintln!("test services: moto on 127.0.0.1:{moto}, Lambda emulator on 127.0.0.1:{lambda}");
+        let (postgres, data) = start_postgres(&mut services, &log)?;
+        eprintln!(
+            "test services: moto on 127.0.0.1:{moto}, Lambda emulator on 127.0.0.1:{lambda}, \
+             PostgreSQL on 127.0.0.1:{postgres}"
+        );
+        services.dirs.push(data);
         services.env = vec![
+            (
+                "JOBHOST_TEST_POSTGRES".into(),
+                format!("postgres://jobhost@127.0.0.1:{postgres}/postgres"),
+            ),
             (
                 "JOBHOST_TEST_SQS_ENDPOINT".into(),
                 format!("http://127.0.0.1:{moto}"),
@@ -524,8 +631,21 @@ impl Services {
 impl Drop for Services {
     fn drop(&mut self) {
         for child in &mut self.children {
+            // SIGINT first: PostgreSQL's fast shutdown stops its backends too.
+            let _ = Command::new("kill")
+                .args(["-INT", &child.id().to_string()])
+                .status();
+            for _ in 0..50 {
+                if matches!(child.try_wait(), Ok(Some(_))) {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
             let _ = child.kill();
             let _ = child.wait();
+        }
+        for dir in &self.dirs {
+            let _ = std::fs::remove_dir_all(dir);
         }
     }
 }

@@ -2,13 +2,13 @@
 //! backend implements only those it truly can. The CLI, the HTTP API and the scheduler
 //! reach the queue through these traits.
 //!
-//! | ability | embedded (SQLite) | SQS | in-memory |
-//! |---|---|---|---|
-//! | [`Inspect`]: list, show, counts | yes | no: SQS shows no message without receiving it | no |
-//! | [`Administer`]: cancel, pause, redrive, purge | yes | no: use the SQS console or its redrive | no |
-//! | [`Steer`]: live progress, cancellation across hosts | yes | no: SQS has no place to keep either | no |
-//! | [`Ticks`]: each schedule tick once | yes | no: use EventBridge Scheduler | no |
-//! | [`ReleaseUncounted`] | yes | no: every receive counts | yes |
+//! | ability | embedded (SQLite) | PostgreSQL | SQS | in-memory |
+//! |---|---|---|---|---|
+//! | [`Inspect`]: list, show, counts | yes | yes | no: SQS shows no message without receiving it | no |
+//! | [`Administer`]: cancel, pause, redrive, purge | yes | yes | no: use the SQS console or its redrive | no |
+//! | [`Steer`]: live progress, cancellation across hosts | yes | yes | no: SQS has no place to keep either | no |
+//! | [`Ticks`]: each schedule tick once | yes | yes | FIFO queues only (a deduplication id per tick) | no |
+//! | [`ReleaseUncounted`] | yes | yes | no: every receive counts | yes |
 
 use std::future::Future;
 

@@ -10,6 +10,7 @@
 
 mod ability;
 pub mod memory;
+pub mod postgres;
 pub mod sqlite;
 pub mod sqs;
 

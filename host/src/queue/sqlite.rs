@@ -680,7 +680,7 @@ fn insert_job(tx: &Transaction<'_>, job: &NewJob, now: i64) -> Result<Enqueued, 
 
 /// The job name of a raw body, for listings, when it has one; parsing proper happens at
 /// dispatch.
-fn name_hint(body: &[u8]) -> String {
+pub(crate) fn name_hint(body: &[u8]) -> String {
     #[derive(serde::Deserialize)]
     struct Named {
         #[serde(alias = "type", alias = "jobName")]

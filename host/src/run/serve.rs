@@ -1,5 +1,5 @@
-//! `jobhost run`: a queue (the embedded one or SQS), the poller, and on the embedded queue
-//! the periodic scheduler and the optional HTTP API, in one process, with graceful
+//! `jobhost run`: a queue (the embedded one, PostgreSQL or SQS), the poller, and the
+//! periodic scheduler and the optional HTTP API, in one process, with graceful
 //! shutdown on SIGINT/SIGTERM (a second signal ends the run at once with
 //! [`ServeError::Interrupted`]; leases then expire and the jobs run again).
 //!
@@ -10,15 +10,16 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{Notify, oneshot, watch};
 
-use crate::clock::SystemClock;
+use crate::clock::{Clock, SystemClock};
 use crate::config::{HostConfig, StartupError};
 use crate::dispatch::Dispatcher;
 use crate::metrics::Metrics;
-use crate::queue::QueueError;
+use crate::queue::postgres::{PostgresOptions, PostgresQueue};
 use crate::queue::sqlite::{Retention, SqliteQueue};
 use crate::queue::sqs::{SqsOptions, SqsQueue, client_from_env, url_of_name};
+use crate::queue::{Administer, Inspect, Queue, QueueError, Steer, Ticks};
 use crate::run::deliver::Observers;
 use crate::run::http::{Access, ApiParts};
 use crate::run::live::Running;
@@ -63,6 +64,13 @@ pub enum QueueConfig {
     },
     /// An SQS queue; its `queue_url` may also be `sqs://NAME`.
     Sqs(SqsOptions),
+    /// A PostgreSQL database shared by any number of hosts.
+    Postgres {
+        /// Where, and the schema and retention.
+        options: PostgresOptions,
+        /// Lease length (default: the longest handler timeout plus a minute).
+        lease: Option<Duration>,
+    },
 }
 
 /// Why `jobhost run` stopped other than by draining or a graceful shutdown.
@@ -151,6 +159,9 @@ pub fn serve(config: &ServeConfig) -> Result<RunSummary, ServeError> {
                 QueueConfig::Sqlite { .. } => serve_sqlite(config, dispatcher, stopped).await,
                 QueueConfig::Sqs(options) => {
                     serve_sqs(config, options.clone(), dispatcher, stopped).await
+                }
+                QueueConfig::Postgres { options, lease } => {
+                    serve_postgres(config, options.clone(), *lease, dispatcher, stopped).await
                 }
             }
         };
@@ -253,7 +264,6 @@ async fn serve_sqlite(
     dispatcher: Arc<Dispatcher>,
     stopped: watch::Receiver<bool>,
 ) -> Result<RunSummary, ServeError> {
-    let http = &config.http;
     let QueueConfig::Sqlite {
         db,
         lease,
@@ -263,6 +273,86 @@ async fn serve_sqlite(
         unreachable!("called for the embedded queue only");
     };
     let queue = SqliteQueue::open_with(db, Arc::new(SystemClock), retention.clone())?;
+    let clock = queue.clock().clone();
+    let full = Full {
+        queue: Arc::new(queue),
+        clock,
+        lease: *lease,
+        label: db.display().to_string(),
+        system: "jobhost",
+    };
+    serve_full(config, full, dispatcher, stopped, |_| {}).await
+}
+
+async fn serve_postgres(
+    config: &ServeConfig,
+    options: PostgresOptions,
+    lease: Option<Duration>,
+    dispatcher: Arc<Dispatcher>,
+    stopped: watch::Receiver<bool>,
+) -> Result<RunSummary, ServeError> {
+    let label = redact_url(&options.url);
+    let queue = Arc::new(PostgresQueue::connect(options, Arc::new(SystemClock)).await?);
+    let listener = queue.clone();
+    let full = Full {
+        queue,
+        clock: Arc::new(SystemClock),
+        lease,
+        label,
+        system: "postgresql",
+    };
+    // Idle hosts wake on every enqueue's NOTIFY.
+    serve_full(config, full, dispatcher, stopped, move |wake| {
+        listener.listen(wake);
+    })
+    .await
+}
+
+/// A URL without its password, for logs and traces.
+fn redact_url(url: &str) -> String {
+    match (url.split_once("://"), url.rsplit_once('@')) {
+        (Some((scheme, rest)), Some((_, host))) if rest.contains('@') => {
+            let user = rest.split('@').next().unwrap_or_default();
+            let user = user.split(':').next().unwrap_or_default();
+            format!("{scheme}://{user}@{host}")
+        }
+        _ => url.to_string(),
+    }
+}
+
+/// A queue with every ability, and how to name it.
+struct Full<Q> {
+    queue: Arc<Q>,
+    clock: Arc<dyn Clock>,
+    /// Lease length (default: the longest handler timeout plus a minute).
+    lease: Option<Duration>,
+    /// The queue in the banner and traces: a file, or a database URL without password.
+    label: String,
+    /// `messaging.system` in traces.
+    system: &'static str,
+}
+
+/// `jobhost run` on a queue that can do everything the embedded one does: the runner,
+/// live steering, the HTTP API and dashboard, metrics, and the scheduler. `on_wake` gets
+/// the runner's waker (a backend that hears of enqueues from elsewhere pokes it).
+async fn serve_full<Q>(
+    config: &ServeConfig,
+    full: Full<Q>,
+    dispatcher: Arc<Dispatcher>,
+    stopped: watch::Receiver<bool>,
+    on_wake: impl FnOnce(Arc<Notify>),
+) -> Result<RunSummary, ServeError>
+where
+    Q: Queue + Inspect + Administer + Steer + Ticks,
+{
+    let Full {
+        queue,
+        clock,
+        lease,
+        label,
+        system,
+    } = full;
+    let http = &config.http;
     let max_timeout = dispatcher
         .plugins()
         .plugins()
@@ -277,8 +367,6 @@ async fn serve_sqlite(
         grace: config.grace,
         ..defaults
     };
-    let clock = queue.clock().clone();
-    let queue = Arc::new(queue);
     let metrics = (http.is_some() || config.metrics.is_some())
         .then(|| Arc::new(Metrics::new(dispatcher.plugins())));
     let running = Arc::new(Running::default());
@@ -291,9 +379,10 @@ async fn serve_sqlite(
     .observed_by(Observers {
         metrics: metrics.clone(),
         running: Some(running.clone()),
-        destination: Some(("jobhost", db.display().to_string())),
+        destination: Some((system, label.clone())),
         ..Observers::default()
     });
+    on_wake(runner.waker());
     tokio::spawn(crate::run::live::steer(
         queue.clone(),
         running.clone(),
@@ -317,7 +406,7 @@ async fn serve_sqlite(
                 read_only: config.read_only,
                 loopback,
             },
-            destination: db.display().to_string(),
+            destination: label.clone(),
         });
         listen(addr, router, &stopped, "HTTP API").await?;
     }
@@ -332,7 +421,7 @@ async fn serve_sqlite(
     }
     tracing::info!(
         version = %env!("CARGO_PKG_VERSION"),
-        queue = %db.display(),
+        queue = %label,
         http = %http.map_or_else(|| "off".to_string(), |addr| format!("http://{addr}")),
         metrics = %config.metrics.map_or_else(|| "off".to_string(), |addr| format!("http://{addr}/metrics")),
         handlers = %handler_list(&dispatcher),

@@ -184,8 +184,9 @@ pub enum Routed {
 pub struct Routes {
     s3: Vec<(String, S3Trigger, Option<Value>)>,
     eventbridge: Vec<(String, Map<String, Value>, Option<Value>)>,
-    /// Signs the URLs of `presign` triggers (from the environment, once); why not, if not.
-    signer: Option<Result<presign::Signer, String>>,
+    /// Signs the URLs of `presign` triggers: from the environment, read when the first
+    /// such URL is made; why not, if not.
+    signer: std::sync::OnceLock<Result<presign::Signer, String>>,
 }
 
 impl Routes {
@@ -212,16 +213,6 @@ impl Routes {
                         .push((job, pattern, trigger.payload.clone()));
                 }
             }
-        }
-        if routes.s3.iter().any(|(_, t, _)| t.presign) {
-            let signer = presign::Signer::from_env();
-            if let Err(why) = &signer {
-                tracing::error!(
-                    why,
-                    "an S3 trigger presigns URLs, but cannot: its jobs will have no url"
-                );
-            }
-            routes.signer = Some(signer);
         }
         routes
     }
@@ -301,7 +292,17 @@ impl Routes {
         record: &Value,
         trigger: &S3Trigger,
     ) {
-        let Some(Ok(signer)) = &self.signer else {
+        let signer = self.signer.get_or_init(|| {
+            let signer = presign::Signer::from_env();
+            if let Err(why) = &signer {
+                tracing::error!(
+                    why,
+                    "an S3 trigger presigns URLs, but cannot: its jobs have no url"
+                );
+            }
+            signer
+        });
+        let Ok(signer) = signer else {
             return;
         };
         let region = record["awsRegion"].as_str().unwrap_or_default();

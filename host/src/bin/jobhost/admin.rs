@@ -8,6 +8,7 @@ use crate::cli::{DbArgs, DlqCommand, EnqueueArgs, JobsCommand, RunArgs};
 use anyhow::Context as _;
 use jobhost::config::HostConfig;
 use jobhost::job::{JobRequest, RequestError};
+use jobhost::queue::postgres::{PostgresOptions, PostgresQueue};
 use jobhost::queue::sqlite::SqliteQueue;
 use jobhost::queue::{
     Administer, CancelResult, Inspect, JobFilter, JobRecord, QueueError, Redrive,
@@ -55,21 +56,90 @@ fn print_summary(summary: &jobhost::run::poller::RunSummary, started: Instant) {
     );
 }
 
-/// The embedded queue: the backend the `jobs`, `dlq` and `stats` commands reach through
-/// its [`Inspect`] and [`Administer`] abilities.
-fn open(db: &DbArgs) -> anyhow::Result<SqliteQueue> {
-    Ok(SqliteQueue::open(&db.db)?)
+/// A queue the `jobs`, `dlq`, `stats`, `pause` and `migrate` commands reach through its
+/// [`Inspect`] and [`Administer`] abilities: the embedded file, or PostgreSQL.
+pub(crate) enum Store {
+    /// The embedded queue.
+    Sqlite(SqliteQueue),
+    /// A PostgreSQL queue.
+    Postgres(PostgresQueue),
+}
+
+/// Opens the queue `db` names: a PostgreSQL URL, or the SQLite file.
+pub(crate) fn open(db: &DbArgs) -> anyhow::Result<Store> {
+    match db.postgres() {
+        Some(url) => {
+            let options = PostgresOptions {
+                schema: db.pg_schema.clone(),
+                pool_size: 2,
+                ..PostgresOptions::new(url)
+            };
+            let clock = std::sync::Arc::new(jobhost::clock::SystemClock);
+            Ok(Store::Postgres(block_on(PostgresQueue::connect(
+                options, clock,
+            ))?))
+        }
+        None => Ok(Store::Sqlite(SqliteQueue::open(&db.db)?)),
+    }
+}
+
+/// Runs `$body` with `$q` bound to the queue `$db` names, whichever backend it is.
+macro_rules! with_store {
+    ($db:expr, $q:ident => $body:expr) => {
+        match open($db)? {
+            Store::Sqlite($q) => $body,
+            Store::Postgres($q) => $body,
+        }
+    };
+}
+
+/// The one runtime of a command: a PostgreSQL pool's connections live on it.
+fn runtime() -> anyhow::Result<&'static tokio::runtime::Runtime> {
+    static RUNTIME: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+    if let Some(runtime) = RUNTIME.get() {
+        return Ok(runtime);
+    }
+    let built = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    Ok(RUNTIME.get_or_init(|| built))
 }
 
 /// Runs one queue call to its end.
 fn block_on<T>(call: impl Future<Output = Result<T, QueueError>>) -> anyhow::Result<T> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    Ok(runtime.block_on(call)?)
+    Ok(runtime()?.block_on(call)?)
 }
 
-pub fn enqueue(args: EnqueueArgs) -> anyhow::Result<ExitCode> {
+/// `jobhost migrate`: applies the PostgreSQL queue's migrations and says what it did.
+pub fn migrate(db: DbArgs) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(
+        db.postgres().is_some(),
+        "migrate is for a PostgreSQL queue: give --db postgres://USER@HOST/DB (or \
+         JOBHOST_QUEUE); the embedded queue's file migrates itself when opened"
+    );
+    // Connecting applies them; a second look says they are all there.
+    let Store::Postgres(queue) = open(&db)? else {
+        unreachable!("a PostgreSQL URL opens PostgreSQL");
+    };
+    let more = block_on(queue.migrate())?;
+    println!(
+        "the queue schema `{}` is up to date (version {}){}",
+        queue.schema(),
+        jobhost::queue::postgres::SCHEMA_VERSION,
+        if more > 0 {
+            " after a late migration"
+        } else {
+            ""
+        }
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn enqueue(mut args: EnqueueArgs) -> anyhow::Result<ExitCode> {
+    // `--queue postgres://...` names the store as `--db` would.
+    if let Some(url) = args.queue.postgres() {
+        args.db.db = url.into();
+    }
     if let Some(path) = &args.raw {
         return enqueue_raw(&args, path);
     }
@@ -109,8 +179,8 @@ pub fn enqueue(args: EnqueueArgs) -> anyhow::Result<ExitCode> {
     }
     let name = args.db.db.display().to_string();
     let _spans = jobhost::telemetry::sending(&mut jobs, "jobhost", &name, parent.as_deref());
-    let queue = open(&args.db)?;
-    for enqueued in block_on(Queue::enqueue(&queue, jobs))? {
+    let enqueued = with_store!(&args.db, queue => block_on(Queue::enqueue(&queue, jobs)))?;
+    for enqueued in enqueued {
         match enqueued {
             Enqueued::Created(id) => println!("{id}"),
             Enqueued::Duplicate(id) => {
@@ -144,7 +214,11 @@ fn enqueue_raw(args: &EnqueueArgs, path: &std::path::Path) -> anyhow::Result<Exi
         println!("{id}");
         return Ok(ExitCode::SUCCESS);
     }
-    for enqueued in open(&args.db)?.enqueue_raw(&[body])? {
+    let enqueued = match open(&args.db)? {
+        Store::Sqlite(queue) => queue.enqueue_raw(&[body])?,
+        Store::Postgres(queue) => block_on(queue.enqueue_raw(&[body]))?,
+    };
+    for enqueued in enqueued {
         println!("{}", enqueued.id());
     }
     Ok(ExitCode::SUCCESS)
@@ -239,50 +313,54 @@ pub fn jobs(command: JobsCommand) -> anyhow::Result<ExitCode> {
                 limit,
                 ..JobFilter::default()
             };
-            let records = block_on(Inspect::jobs(&open(&db)?, filter))?;
+            let records = with_store!(&db, q => block_on(Inspect::jobs(&q, filter)))?;
             print_records(&records, json);
             Ok(ExitCode::SUCCESS)
         }
-        JobsCommand::Show { db, id, json } => match block_on(Inspect::job(&open(&db)?, &id))? {
-            Some(record) if json => {
-                println!("{}", serde_json::to_string(&show_view(&record, false))?);
-                Ok(ExitCode::SUCCESS)
+        JobsCommand::Show { db, id, json } => {
+            match with_store!(&db, q => block_on(Inspect::job(&q, &id)))? {
+                Some(record) if json => {
+                    println!("{}", serde_json::to_string(&show_view(&record, false))?);
+                    Ok(ExitCode::SUCCESS)
+                }
+                Some(record) => {
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&show_view(&record, true))?
+                    );
+                    Ok(ExitCode::SUCCESS)
+                }
+                None => {
+                    eprintln!("error: no job {id}");
+                    Ok(ExitCode::from(EXIT_NOT_DONE))
+                }
             }
-            Some(record) => {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&show_view(&record, true))?
-                );
-                Ok(ExitCode::SUCCESS)
+        }
+        JobsCommand::Cancel { db, id } => {
+            match with_store!(&db, q => block_on(Administer::cancel(&q, &id)))? {
+                CancelResult::Cancelled => {
+                    println!("cancelled {id}");
+                    Ok(ExitCode::SUCCESS)
+                }
+                CancelResult::Requested => {
+                    println!(
+                        "cancelling {id}: it is running; the host running it stops it within {} ms",
+                        jobhost::run::live::STEER_INTERVAL.as_millis()
+                    );
+                    Ok(ExitCode::SUCCESS)
+                }
+                CancelResult::NotFound => {
+                    eprintln!("error: no job {id}");
+                    Ok(ExitCode::from(EXIT_NOT_DONE))
+                }
+                CancelResult::NotQueued(state) => {
+                    eprintln!(
+                        "error: job {id} is {state} already; only queued and running jobs can be cancelled"
+                    );
+                    Ok(ExitCode::from(EXIT_NOT_DONE))
+                }
             }
-            None => {
-                eprintln!("error: no job {id}");
-                Ok(ExitCode::from(EXIT_NOT_DONE))
-            }
-        },
-        JobsCommand::Cancel { db, id } => match block_on(Administer::cancel(&open(&db)?, &id))? {
-            CancelResult::Cancelled => {
-                println!("cancelled {id}");
-                Ok(ExitCode::SUCCESS)
-            }
-            CancelResult::Requested => {
-                println!(
-                    "cancelling {id}: it is running; the host running it stops it within {} ms",
-                    jobhost::run::live::STEER_INTERVAL.as_millis()
-                );
-                Ok(ExitCode::SUCCESS)
-            }
-            CancelResult::NotFound => {
-                eprintln!("error: no job {id}");
-                Ok(ExitCode::from(EXIT_NOT_DONE))
-            }
-            CancelResult::NotQueued(state) => {
-                eprintln!(
-                    "error: job {id} is {state} already; only queued and running jobs can be cancelled"
-                );
-                Ok(ExitCode::from(EXIT_NOT_DONE))
-            }
-        },
+        }
     }
 }
 
@@ -294,7 +372,10 @@ pub fn dlq(command: DlqCommand) -> anyhow::Result<ExitCode> {
                 limit,
                 ..JobFilter::default()
             };
-            print_records(&block_on(Inspect::jobs(&open(&db)?, filter))?, false);
+            print_records(
+                &with_store!(&db, q => block_on(Inspect::jobs(&q, filter)))?,
+                false,
+            );
         }
         DlqCommand::Redrive { db, id, all } => {
             let which = match id {
@@ -302,14 +383,14 @@ pub fn dlq(command: DlqCommand) -> anyhow::Result<ExitCode> {
                 _ => Redrive::All,
             };
             let one = matches!(which, Redrive::One(_));
-            let count = block_on(Administer::redrive(&open(&db)?, which))?;
+            let count = with_store!(&db, q => block_on(Administer::redrive(&q, which)))?;
             println!("redriven: {count}");
             if count == 0 && one {
                 return Ok(ExitCode::from(EXIT_NOT_DONE));
             }
         }
         DlqCommand::Purge { db } => {
-            let purged = block_on(Administer::purge_dead(&open(&db)?))?;
+            let purged = with_store!(&db, q => block_on(Administer::purge_dead(&q)))?;
             println!("purged: {purged}");
         }
     }
@@ -318,13 +399,20 @@ pub fn dlq(command: DlqCommand) -> anyhow::Result<ExitCode> {
 
 /// `jobhost pause NAME` (`pause` true) and `jobhost resume NAME`.
 pub fn pause(db: DbArgs, name: &str, pause: bool) -> anyhow::Result<ExitCode> {
-    let queue = open(&db)?;
+    with_store!(&db, queue => pause_in(&queue, name, pause))
+}
+
+fn pause_in<Q: Inspect + Administer>(
+    queue: &Q,
+    name: &str,
+    pause: bool,
+) -> anyhow::Result<ExitCode> {
     let changed = if pause {
-        block_on(Administer::pause(&queue, name))?
+        block_on(Administer::pause(queue, name))?
     } else {
-        block_on(Administer::resume(&queue, name))?
+        block_on(Administer::resume(queue, name))?
     };
-    let queued = block_on(Inspect::stats(&queue))?
+    let queued = block_on(Inspect::stats(queue))?
         .counts
         .iter()
         .filter(|(n, state, _)| n == name && state == "queued")
@@ -340,8 +428,11 @@ pub fn pause(db: DbArgs, name: &str, pause: bool) -> anyhow::Result<ExitCode> {
 }
 
 pub fn stats(db: DbArgs) -> anyhow::Result<ExitCode> {
-    let queue = open(&db)?;
-    let stats = block_on(Inspect::stats(&queue))?;
+    with_store!(&db, queue => stats_of(&queue))
+}
+
+fn stats_of<Q: Inspect>(queue: &Q) -> anyhow::Result<ExitCode> {
+    let stats = block_on(Inspect::stats(queue))?;
     for (name, state, count) in &stats.counts {
         println!("{name:<24} {state:<10} {count}");
     }
@@ -353,7 +444,7 @@ pub fn stats(db: DbArgs) -> anyhow::Result<ExitCode> {
         println!("paused: {}", stats.paused.join(", "));
     }
     let hour_ago = jobhost::clock::to_ms(std::time::SystemTime::now()) - 3_600_000;
-    let timings = block_on(Inspect::timings(&queue, hour_ago))?;
+    let timings = block_on(Inspect::timings(queue, hour_ago))?;
     if !timings.is_empty() {
         println!("done in the last hour:");
         println!(

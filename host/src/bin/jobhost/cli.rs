@@ -7,6 +7,7 @@ use clap::builder::RangedU64ValueParser;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use jobhost::config::default_concurrency;
 use jobhost::job::parse_delay;
+use jobhost::queue::postgres::PostgresOptions;
 use jobhost::queue::sqlite::Retention;
 use jobhost::queue::sqs::{MAX_HOP, SqsOptions};
 use jobhost::run::serve::{QueueConfig, ServeConfig};
@@ -78,6 +79,8 @@ pub enum Command {
     /// Write the Lambda layer and handlers zips (`dist/jobhost-layer-ARCH.zip`,
     /// `dist/handlers-ARCH.zip` with precompiled artifacts).
     Package(PackageArgs),
+    /// Apply the PostgreSQL queue's schema migrations (`run` applies them too, at start).
+    Migrate(DbArgs),
     /// Write a SAM template or a Stacktape config for a handlers folder: the host, an
     /// alarm on its dead-letter queue, and the schedules, S3 buckets and EventBridge rules
     /// its manifests declare.
@@ -198,11 +201,33 @@ pub struct TestArgs {
 }
 
 /// The queue file.
-#[derive(Debug, Args)]
+#[derive(Clone, Debug, Args)]
 pub struct DbArgs {
-    /// The embedded queue's SQLite file.
+    /// The embedded queue's SQLite file, or a PostgreSQL queue's URL
+    /// (`postgres://USER@HOST/DB`; `JOBHOST_QUEUE=postgres://...` selects it too).
     #[arg(long, env = "JOBHOST_DB", default_value = "./jobhost.db")]
     pub db: PathBuf,
+    /// The PostgreSQL schema of the queue's tables.
+    #[arg(long, env = "JOBHOST_PG_SCHEMA", default_value = "jobhost")]
+    pub pg_schema: String,
+}
+
+/// Whether `text` is a PostgreSQL URL.
+fn is_postgres(text: &str) -> bool {
+    text.starts_with("postgres://") || text.starts_with("postgresql://")
+}
+
+impl DbArgs {
+    /// The PostgreSQL URL asked for (`--db URL`, else `JOBHOST_QUEUE`), if any.
+    pub fn postgres(&self) -> Option<String> {
+        let db = self.db.to_string_lossy();
+        if is_postgres(&db) {
+            return Some(db.into_owned());
+        }
+        std::env::var("JOBHOST_QUEUE")
+            .ok()
+            .filter(|q| is_postgres(q))
+    }
 }
 
 /// `jobhost pause` and `jobhost resume`.
@@ -219,7 +244,9 @@ pub struct PauseArgs {
 #[derive(Clone, Debug, Args)]
 pub struct QueueArgs {
     /// The queue: `sqs://NAME` (its URL is looked up), an SQS queue URL
-    /// (`https://sqs.REGION.amazonaws.com/ACCOUNT/NAME`), or `sqlite` (the `--db` file).
+    /// (`https://sqs.REGION.amazonaws.com/ACCOUNT/NAME`), a PostgreSQL URL
+    /// (`postgres://USER@HOST/DB`, the `PG*` variables filling in the rest), or `sqlite`
+    /// (the `--db` file).
     #[arg(long, env = "JOBHOST_QUEUE", default_value = "sqlite")]
     pub queue: String,
     /// The SQS queue URL (the same as `--queue URL`).
@@ -238,15 +265,22 @@ pub struct QueueArgs {
 }
 
 impl QueueArgs {
-    /// The SQS queue asked for: `Some(url or sqs://name)`, or `None` for the embedded queue.
+    /// The SQS queue asked for: `Some(url or sqs://name)`, or `None` for the embedded queue
+    /// or PostgreSQL.
     pub fn sqs(&self) -> Option<String> {
         if let Some(url) = &self.sqs_url {
             return Some(url.clone());
         }
         match self.queue.as_str() {
             "sqlite" | "" => None,
+            other if is_postgres(other) => None,
             other => Some(other.to_string()),
         }
+    }
+
+    /// The PostgreSQL queue asked for by `--queue postgres://...`, if any.
+    pub fn postgres(&self) -> Option<String> {
+        is_postgres(&self.queue).then(|| self.queue.clone())
     }
 }
 
@@ -321,14 +355,29 @@ impl RunArgs {
                 );
                 QueueConfig::Sqs(self.queue.sqs_options(queue))
             }
-            None => QueueConfig::Sqlite {
-                db: self.db.db.clone(),
-                lease: self.lease,
-                retention: Retention {
+            None => {
+                let retention = Retention {
                     max_done: self.retain_done,
                     max_age: self.retain_done_for,
-                },
-            },
+                };
+                match self.queue.postgres().or_else(|| self.db.postgres()) {
+                    Some(url) => QueueConfig::Postgres {
+                        options: PostgresOptions {
+                            schema: self.db.pg_schema.clone(),
+                            // Claims, settles, renewals, progress and the API at once.
+                            pool_size: 8,
+                            retention,
+                            ..PostgresOptions::new(url)
+                        },
+                        lease: self.lease,
+                    },
+                    None => QueueConfig::Sqlite {
+                        db: self.db.db.clone(),
+                        lease: self.lease,
+                        retention,
+                    },
+                }
+            }
         };
         Ok(ServeConfig {
             host: self.host.config(),

@@ -71,6 +71,7 @@ fn main() -> ExitCode {
         Command::Lambda(args) => lambda::run(args),
         Command::Package(args) => package::run(args),
         Command::Template(args) => template::run(args),
+        Command::Migrate(db) => admin::migrate(db),
     };
     jobhost::telemetry::shutdown();
     // The queued log lines first, then the final error.
