@@ -9,6 +9,7 @@ same `peer=... key=value` result line as ../shared/bench/peers (so median.py wor
    (POST /jobs, then GET /jobs/{id}?wait_ms=...) -> p50/p99 enqueue-to-done, in ms
 
 Usage: throughput.py JOBHOST_BIN HANDLERS_DIR [N] [C] [PROBE]
+JOBHOST_BENCH_DB puts the queue elsewhere (a PostgreSQL URL).
 JOBHOST_BENCH_RUN_ARGS adds flags to the drain's `jobhost run` (e.g. `--metrics 127.0.0.1:0`
 to measure it with metrics on); JOBHOST_BENCH_LABEL names the result line's peer.
 Durability: WAL with synchronous=NORMAL (a commit survives a crash of the process; the last
@@ -61,7 +62,8 @@ def main():
     c = int(sys.argv[4]) if len(sys.argv) > 4 else 4
     probe = int(sys.argv[5]) if len(sys.argv) > 5 else 200
     tmp = tempfile.mkdtemp(prefix="jobhost-bench.")
-    db = os.path.join(tmp, "bench.db")
+    # JOBHOST_BENCH_DB: another queue, e.g. a PostgreSQL URL (bench/postgres/run.sh).
+    db = os.environ.get("JOBHOST_BENCH_DB") or os.path.join(tmp, "bench.db")
     # jobhost's default logging (a line per job at info for `run`), to a log file.
     env = {k: v for k, v in os.environ.items() if k != "JOBHOST_LOG"}
     log = open(os.path.join(tmp, "run.log"), "w")
