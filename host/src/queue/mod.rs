@@ -167,6 +167,35 @@ pub struct Settlement {
     pub logs: Vec<LogLine>,
 }
 
+/// A settlement's cost, progress and logs as the SQL backends store them (integers,
+/// saturating; JSON text).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub(crate) struct Stored {
+    pub(crate) fuel: i64,
+    pub(crate) run_us: i64,
+    pub(crate) wait_ms: Option<i64>,
+    pub(crate) peak_memory: i64,
+    pub(crate) progress: Option<String>,
+    pub(crate) logs: Option<String>,
+}
+
+impl Stored {
+    pub(crate) fn of(settlement: &Settlement) -> Self {
+        let int = |n: u128| i64::try_from(n).unwrap_or(i64::MAX);
+        let cost = &settlement.cost;
+        Self {
+            fuel: int(u128::from(cost.fuel)),
+            run_us: int(cost.run.as_micros()),
+            wait_ms: cost.wait.map(|w| int(w.as_millis())),
+            peak_memory: int(u128::from(cost.peak_memory)),
+            progress: (settlement.progress.as_ref())
+                .map(|p| serde_json::to_string(p).unwrap_or_default()),
+            logs: (!settlement.logs.is_empty())
+                .then(|| serde_json::to_string(&settlement.logs).unwrap_or_default()),
+        }
+    }
+}
+
 impl Settlement {
     /// A settlement with no progress and no follow-up jobs.
     pub fn new(delivered: Delivered, outcome: Outcome, at: SystemTime) -> Self {

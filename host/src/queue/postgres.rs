@@ -515,24 +515,13 @@ async fn settle_done(
             Outcome::Done { output } => output.clone(),
             _ => None,
         });
-        progress.push(
-            settlement
-                .progress
-                .as_ref()
-                .map(|p| serde_json::to_string(p).unwrap_or_default()),
-        );
-        let cost = &settlement.cost;
-        fuel.push(i64::try_from(cost.fuel).unwrap_or(i64::MAX));
-        run_us.push(i64::try_from(cost.run.as_micros()).unwrap_or(i64::MAX));
-        wait_ms.push(
-            cost.wait
-                .map(|w| i64::try_from(w.as_millis()).unwrap_or(i64::MAX)),
-        );
-        peak.push(i64::try_from(cost.peak_memory).unwrap_or(i64::MAX));
-        logs.push(
-            (!settlement.logs.is_empty())
-                .then(|| serde_json::to_string(&settlement.logs).unwrap_or_default()),
-        );
+        let stored = super::Stored::of(settlement);
+        progress.push(stored.progress);
+        fuel.push(stored.fuel);
+        run_us.push(stored.run_us);
+        wait_ms.push(stored.wait_ms);
+        peak.push(stored.peak_memory);
+        logs.push(stored.logs);
     }
     let statement = tx
         .prepare_cached(&schema_sql(
@@ -574,23 +563,16 @@ async fn settle_one(
 ) -> Result<bool, QueueError> {
     let sql = |s: &str| s.replace("{s}", schema);
     let (id, token) = receipt_parts(&settlement.delivered.receipt);
-    let cost = &settlement.cost;
-    let (fuel, run_us, peak) = (
-        i64::try_from(cost.fuel).unwrap_or(i64::MAX),
-        i64::try_from(cost.run.as_micros()).unwrap_or(i64::MAX),
-        i64::try_from(cost.peak_memory).unwrap_or(i64::MAX),
-    );
-    let wait_ms = cost
-        .wait
-        .map(|w| i64::try_from(w.as_millis()).unwrap_or(i64::MAX));
-    let logs = (!settlement.logs.is_empty())
-        .then(|| serde_json::to_string(&settlement.logs).unwrap_or_default());
+    let super::Stored {
+        fuel,
+        run_us,
+        wait_ms,
+        peak_memory: peak,
+        progress,
+        logs,
+    } = super::Stored::of(settlement);
     let changed = match &settlement.outcome {
         Outcome::Done { output } => {
-            let progress = settlement
-                .progress
-                .as_ref()
-                .map(|p| serde_json::to_string(p).unwrap_or_default());
             let statement = tx
                 .prepare_cached(&sql(
                     "UPDATE {s}.jobs SET state = 'done', output = $1, progress = $2, finished_at = $3,

@@ -716,20 +716,16 @@ fn settle_one(
     now: i64,
 ) -> Result<(), QueueError> {
     let id = &settlement.delivered.id;
-    let cost = &settlement.cost;
-    let (fuel, run_us, peak) = (
-        i64::try_from(cost.fuel).unwrap_or(i64::MAX),
-        i64::try_from(cost.run.as_micros()).unwrap_or(i64::MAX),
-        i64::try_from(cost.peak_memory).unwrap_or(i64::MAX),
-    );
-    let wait_ms = cost
-        .wait
-        .map(|w| i64::try_from(w.as_millis()).unwrap_or(i64::MAX));
-    let logs = (!settlement.logs.is_empty())
-        .then(|| serde_json::to_string(&settlement.logs).unwrap_or_default());
+    let super::Stored {
+        fuel,
+        run_us,
+        wait_ms,
+        peak_memory: peak,
+        progress,
+        logs,
+    } = super::Stored::of(settlement);
     let changed = match &settlement.outcome {
         Outcome::Done { output } => {
-            let progress = settlement.progress.as_ref().map(|p| serde_json::to_string(p).unwrap_or_default());
             tx.prepare_cached(
                 "UPDATE jobs SET state = 'done', output = ?1, progress = ?2, finished_at = ?3, updated_at = ?3,
                      lease_owner = NULL, lease_until = NULL, reason = NULL,
