@@ -100,9 +100,37 @@ impl<Q: Ticks> Scheduler<Q> {
     }
 }
 
+/// The first tick strictly after `after`, on a whole second: counting from a time with a
+/// fraction of a second, croner keeps the fraction, and then two hosts (started at
+/// different moments) would give one tick two keys, and enqueue it twice.
 fn next_after(cron: &croner::Cron, after: SystemTime) -> Option<SystemTime> {
-    let after: DateTime<Utc> = after.into();
+    let after: DateTime<Utc> = whole_second(after).into();
     cron.find_next_occurrence(&after, false)
         .ok()
-        .map(SystemTime::from)
+        .map(|next| whole_second(SystemTime::from(next)))
+}
+
+/// `time` with its fraction of a second dropped.
+fn whole_second(time: SystemTime) -> SystemTime {
+    let since = time
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    std::time::UNIX_EPOCH + Duration::from_secs(since.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::str::FromStr as _;
+
+    #[test]
+    fn hosts_started_at_different_moments_name_each_tick_alike() -> Result<(), String> {
+        let cron = croner::Cron::from_str("* * * * * *").map_err(|e| e.to_string())?;
+        let base = std::time::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let one = next_after(&cron, base + Duration::from_millis(326)).ok_or("a tick")?;
+        let other = next_after(&cron, base + Duration::from_millis(93)).ok_or("a tick")?;
+        assert_eq!(one, other);
+        assert_eq!(one, base + Duration::from_secs(1));
+        Ok(())
+    }
 }
