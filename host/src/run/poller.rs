@@ -34,6 +34,9 @@ const IDLE_POLL_MAX: Duration = Duration::from_millis(100);
 const ERROR_BACKOFF_MAX: Duration = Duration::from_secs(10);
 /// The shortest interval between lease renewals.
 const MIN_RENEW_INTERVAL: Duration = Duration::from_millis(300);
+/// How much work a host claims ahead of its workers, in time at the rate jobs finish
+/// (between [`RunOptions::prefetch`] and [`RunOptions::max_prefetch`] deliveries).
+const PREFETCH_WINDOW: Duration = Duration::from_millis(100);
 
 /// Deliveries received and not yet settled, by receipt: their leases are renewed. The
 /// async lock is held by a renewal and by a settlement for their whole queue calls, so a
@@ -45,8 +48,13 @@ type Leased = Arc<tokio::sync::Mutex<HashMap<String, Delivered>>>;
 pub struct RunOptions {
     /// Jobs running at once (worker threads).
     pub concurrency: usize,
-    /// Deliveries claimed ahead of free workers, so workers never wait for a claim.
+    /// Deliveries claimed ahead of free workers, so workers never wait for a claim: at
+    /// least this many.
     pub prefetch: usize,
+    /// At most this many claimed ahead: when jobs finish fast the runner claims what its
+    /// workers finish in [`PREFETCH_WINDOW`] (100 ms), up to this, in fewer and larger
+    /// claims and settles; slow jobs stay with `prefetch`, so hosts share a backlog.
+    pub max_prefetch: usize,
     /// How long a claim is leased; renewed every third of it while the job waits or runs.
     pub lease: Duration,
     /// Exit once nothing is due or running.
@@ -63,6 +71,7 @@ impl RunOptions {
         Self {
             concurrency,
             prefetch: (concurrency * 4).max(64),
+            max_prefetch: (concurrency * 4).max(1024),
             lease: max_timeout + Duration::from_secs(60),
             drain: false,
             grace: Duration::from_secs(30),
@@ -111,6 +120,8 @@ struct Counters {
     in_flight: AtomicUsize,
     /// Room taken by receive calls still in flight.
     reserved: AtomicUsize,
+    /// Deliveries to hold beyond the workers now (see [`RunOptions::max_prefetch`]).
+    ahead: AtomicUsize,
 }
 
 impl Counters {
@@ -237,9 +248,19 @@ impl<Q: Queue> Runner<Q> {
         }
     }
 
-    /// Deliveries held at once: running, and claimed ahead for free workers.
+    /// Deliveries held at once at most: running, and claimed ahead for free workers.
     fn max_in_flight(&self) -> usize {
-        self.options.concurrency + self.options.prefetch
+        self.options.concurrency + self.options.max_prefetch.max(self.options.prefetch)
+    }
+
+    /// Deliveries held at once now: running, and the work of the next
+    /// [`PREFETCH_WINDOW`] at the rate jobs finish.
+    fn in_flight_now(&self, counters: &Counters) -> usize {
+        self.options.concurrency
+            + counters.ahead.load(Ordering::Relaxed).clamp(
+                self.options.prefetch,
+                self.options.max_prefetch.max(self.options.prefetch),
+            )
     }
 
     /// Keeps [`Queue::receivers`] receive calls in flight, each handing its deliveries to
@@ -286,7 +307,7 @@ impl<Q: Queue> Runner<Q> {
                     unfinished: 0,
                 };
             }
-            let room = counters.reserve(self.max_in_flight(), per_call);
+            let room = counters.reserve(self.in_flight_now(counters), per_call);
             if room == 0 {
                 // Another loop may take the freed room first: look again after a while.
                 tokio::select! {
@@ -444,6 +465,7 @@ async fn settle_loop<Q: Queue>(
     settled_notify: Arc<Notify>,
     leased: Leased,
 ) {
+    let mut pace = Pace::new();
     while let Some(first) = results.recv().await {
         let mut settled = Vec::new();
         let mut unstarted = Vec::new();
@@ -458,6 +480,9 @@ async fn settle_loop<Q: Queue>(
             }
         }
         let count = settled.len() + unstarted.len();
+        if let Some(ahead) = pace.finished(settled.len()) {
+            counters.ahead.store(ahead, Ordering::Relaxed);
+        }
         let mut leased = leased.lock().await;
         {
             for receipt in settled
@@ -484,6 +509,35 @@ async fn settle_loop<Q: Queue>(
         capacity.notify_waiters();
         capacity.notify_one();
         settled_notify.notify_waiters();
+    }
+}
+
+/// The rate jobs finish at, as the number finished per [`PREFETCH_WINDOW`].
+struct Pace {
+    since: std::time::Instant,
+    finished: usize,
+}
+
+impl Pace {
+    fn new() -> Self {
+        Self {
+            since: std::time::Instant::now(),
+            finished: 0,
+        }
+    }
+
+    /// Counts `count` more finished jobs; once a window has passed, the jobs finished per
+    /// window since the last measure (a long idle gap makes it small again).
+    fn finished(&mut self, count: usize) -> Option<usize> {
+        self.finished += count;
+        let elapsed = self.since.elapsed();
+        if elapsed < PREFETCH_WINDOW {
+            return None;
+        }
+        let per_window =
+            self.finished as f64 * PREFETCH_WINDOW.as_secs_f64() / elapsed.as_secs_f64();
+        *self = Self::new();
+        Some(per_window as usize)
     }
 }
 

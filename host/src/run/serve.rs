@@ -194,6 +194,8 @@ async fn serve_sqs(
     let run = RunOptions {
         concurrency,
         prefetch,
+        // Received messages are invisible to other consumers until they run: no more.
+        max_prefetch: prefetch,
         lease: queue.visibility_timeout(),
         drain: config.drain,
         grace: config.grace,
@@ -309,7 +311,7 @@ async fn serve_postgres(
 }
 
 /// A URL without its password, for logs and traces.
-fn redact_url(url: &str) -> String {
+pub(crate) fn redact_url(url: &str) -> String {
     match (url.split_once("://"), url.rsplit_once('@')) {
         (Some((scheme, rest)), Some((_, host))) if rest.contains('@') => {
             let user = rest.split('@').next().unwrap_or_default();
