@@ -869,6 +869,7 @@ pub struct PgServer {
     port: u16,
     ids: Option<(u32, u32)>,
     child: Option<std::process::Child>,
+    settings: Vec<String>,
 }
 
 impl PgServer {
@@ -907,6 +908,7 @@ impl PgServer {
                 .port(),
             ids,
             child: None,
+            settings: Vec::new(),
         };
         let status = server
             .command("initdb")
@@ -942,6 +944,7 @@ impl PgServer {
             .arg(self.dir.path().join("data"))
             .args(["-p", &self.port.to_string(), "-h", "127.0.0.1", "-k"])
             .arg(self.dir.path())
+            .args(self.settings.iter().flat_map(|s| ["-c", s.as_str()]))
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()?;
@@ -962,6 +965,35 @@ impl PgServer {
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
         Ok(())
+    }
+
+    /// Restarts the server with TLS on, with `cert` and `key` (PEM), and accepting TCP
+    /// connections over TLS only.
+    pub fn require_tls(&mut self, cert: &Path, key: &Path) -> anyhow::Result<()> {
+        let data = self.dir.path().join("data");
+        for (from, to) in [(cert, "server.crt"), (key, "server.key")] {
+            let path = data.join(to);
+            std::fs::copy(from, &path)?;
+            // PostgreSQL refuses a key others can read.
+            std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+            if let Some((uid, gid)) = self.ids {
+                std::os::unix::fs::chown(&path, Some(uid), Some(gid))?;
+            }
+        }
+        std::fs::write(
+            data.join("pg_hba.conf"),
+            "local all all trust\n\
+             hostssl all all 127.0.0.1/32 trust\n\
+             hostnossl all all 127.0.0.1/32 reject\n",
+        )?;
+        self.settings = vec!["ssl=on".into()];
+        self.stop()?;
+        self.restart()
+    }
+
+    /// The port it listens on (127.0.0.1).
+    pub fn port(&self) -> u16 {
+        self.port
     }
 
     /// Stops the server (fast shutdown: open connections are closed).

@@ -36,7 +36,7 @@ fn wait_for_http(port: u16) -> anyhow::Result<()> {
 }
 
 /// A process killed when dropped.
-struct Killed(Child);
+pub(crate) struct Killed(pub(crate) Child);
 
 impl Drop for Killed {
     fn drop(&mut self) {

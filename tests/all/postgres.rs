@@ -12,6 +12,10 @@ use jobhost::clock::SystemClock;
 use jobhost::queue::postgres::{PostgresOptions, PostgresQueue};
 use jobhost::queue::{Inspect as _, Stats};
 use jobhost_tests::{Handlers, PgServer, fixtures, jobhost_command, postgres_url};
+use serde_json::Value;
+
+use crate::operate::{Killed, get_text};
+use crate::process::{free_port, http, wait_for};
 
 /// A schema of its own for each test.
 fn schema(test: &str) -> String {
@@ -156,7 +160,9 @@ fn three_hosts_run_every_job_once_one_killed_and_restarted_and_each_tick_once() 
         elapsed.as_secs_f64(),
         jobs as f64 / elapsed.as_secs_f64()
     );
-    assert!(again <= 3 * 4 * 64, "{again} jobs ran twice");
+    // The killed host held at most its 4 running jobs and 1024 claimed ahead (fast jobs);
+    // twice that leaves room for a late lease renewal under a loaded debug build.
+    assert!(again <= 2 * (4 + 1024), "{again} jobs ran twice");
     // Each tick once across the hosts: no two tick jobs for one second (counted by the
     // second, so that a tick two hosts named differently would show).
     let ticks: Vec<(i64, i64)> = rt
@@ -359,5 +365,302 @@ fn the_cli_and_the_http_api_reach_a_postgres_queue() -> anyhow::Result<()> {
         !ok && err.contains("newer than this jobhost knows"),
         "{err}"
     );
+    Ok(())
+}
+
+/// Runs `openssl` with `args` in `dir`.
+fn openssl(dir: &std::path::Path, args: &[&str]) -> anyhow::Result<()> {
+    let output = std::process::Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()?;
+    anyhow::ensure!(
+        output.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(())
+}
+
+/// A CA (`NAME.pem`, `NAME.key`) in `dir`.
+fn certificate_authority(dir: &std::path::Path, name: &str) -> anyhow::Result<()> {
+    let (cert, key, subject) = (
+        format!("{name}.pem"),
+        format!("{name}.key"),
+        format!("/CN=jobhost test {name}"),
+    );
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            &subject,
+            "-keyout",
+            &key,
+            "-out",
+            &cert,
+        ],
+    )
+}
+
+/// TLS as libpq does it, on a server that accepts TCP connections over TLS only, with a
+/// certificate for `localhost` signed by a private CA: each `sslmode` connects, checks
+/// and refuses as it says, with an error that names the cause.
+#[test]
+fn tls_is_used_and_checked_as_the_url_asks() -> anyhow::Result<()> {
+    let certs = tempfile::tempdir()?;
+    let dir = certs.path();
+    certificate_authority(dir, "ca")?;
+    certificate_authority(dir, "other")?;
+    std::fs::write(dir.join("san.ext"), "subjectAltName=DNS:localhost\n")?;
+    openssl(
+        dir,
+        &[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-subj",
+            "/CN=localhost",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+        ],
+    )?;
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "san.ext",
+            "-out",
+            "server.pem",
+        ],
+    )?;
+    let mut server = PgServer::start()?;
+    server.require_tls(&dir.join("server.pem"), &dir.join("server.key"))?;
+    let port = server.port();
+    let ca = dir.join("ca.pem").to_string_lossy().into_owned();
+    let other = dir.join("other.pem").to_string_lossy().into_owned();
+    let url = |host: &str, query: &str| format!("postgres://jobhost@{host}:{port}/postgres{query}");
+
+    // verify-full against the right CA and name: a job goes in, runs, and is done, every
+    // connection over TLS (the server takes no other).
+    let full = url(
+        "localhost",
+        &format!("?sslmode=verify-full&sslrootcert={ca}"),
+    );
+    let handlers = Handlers::new()?;
+    handlers.add(fixtures::ECHO, "echo")?;
+    let plugins = handlers.path().to_string_lossy().into_owned();
+    let (ok, id, err) = cli(&[
+        "enqueue",
+        "--queue",
+        &full,
+        "--plugins",
+        &plugins,
+        "echo",
+        r#"{"message": "tls"}"#,
+    ])?;
+    assert!(ok, "{err}");
+    let (ok, _, err) = cli(&["run", "--queue", &full, "--plugins", &plugins, "--drain"])?;
+    assert!(ok, "{err}");
+    let (ok, out, err) = cli(&["jobs", "show", id.trim(), "--db", &full])?;
+    assert!(ok && out.contains("done"), "{out}{err}");
+
+    // The default (prefer) and require encrypt without checking who answers.
+    for query in ["", "?sslmode=require"] {
+        let (ok, out, err) = cli(&["stats", "--db", &url("127.0.0.1", query)])?;
+        assert!(ok && out.contains("echo"), "{query}: {out}{err}");
+    }
+    // verify-ca checks the chain only: the certificate does not name 127.0.0.1.
+    let (ok, _, err) = cli(&[
+        "stats",
+        "--db",
+        &url("127.0.0.1", &format!("?sslmode=verify-ca&sslrootcert={ca}")),
+    ])?;
+    assert!(ok, "{err}");
+
+    // Refusals, each naming its cause.
+    let refused = |query: String, host: &str, cause: &str| -> anyhow::Result<()> {
+        let (ok, _, err) = cli(&["stats", "--db", &url(host, &query)])?;
+        assert!(
+            !ok && err.contains(cause),
+            "{query}: wanted `{cause}` in: {err}"
+        );
+        Ok(())
+    };
+    refused("?sslmode=disable".into(), "127.0.0.1", "no encryption")?;
+    refused(
+        format!("?sslmode=verify-full&sslrootcert={ca}"),
+        "127.0.0.1",
+        "certificate not valid for name",
+    )?;
+    refused(
+        format!("?sslmode=verify-full&sslrootcert={other}"),
+        "localhost",
+        "invalid peer certificate",
+    )?;
+    refused(
+        "?sslmode=verify-full&sslrootcert=/nonexistent.pem".into(),
+        "localhost",
+        "/nonexistent.pem",
+    )?;
+    refused(
+        "?sslmode=sometimes".into(),
+        "localhost",
+        "sslmode `sometimes`",
+    )?;
+    Ok(())
+}
+
+/// `jobhost run --http` on `port`, on the schema `schema` of `url`, keeping 3 done jobs.
+fn api_host(handlers: &Handlers, url: &str, schema: &str, port: u16) -> anyhow::Result<Killed> {
+    let child = jobhost_command()?
+        .args(["run", "--queue", url, "--pg-schema", schema])
+        .args(["--retain-done", "3", "--http", &format!("127.0.0.1:{port}")])
+        .arg("--plugins")
+        .arg(handlers.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let host = Killed(child);
+    wait_for("the API", Duration::from_secs(30), || {
+        Ok(http(port, "GET", "/healthz", "").is_ok())
+    })?;
+    Ok(host)
+}
+
+/// Two hosts on one database, each with its API: a job running on one shows its progress
+/// through the other and on the other's dashboard, is cancelled through the other within
+/// about a second, a name paused through one stays queued on both, and done jobs beyond
+/// `--retain-done` are pruned.
+#[test]
+fn one_host_sees_steers_and_cancels_what_another_runs() -> anyhow::Result<()> {
+    let url = postgres_url()?;
+    let schema = schema("ops");
+    let handlers = Handlers::new()?;
+    handlers.add(fixtures::BUSY, "busy")?;
+    handlers.add(fixtures::ECHO, "echo")?;
+    let (a, b) = (free_port()?, free_port()?);
+    let _host_a = api_host(&handlers, &url, &schema, a)?;
+    // Only A runs while the long job is taken.
+    let (status, body) = http(
+        a,
+        "POST",
+        "/jobs",
+        r#"{"job": "busy", "payload": {"i": 1, "ms": 60000, "children": 2}}"#,
+    )?;
+    assert_eq!(status, 202, "{body}");
+    let id = body["id"].as_str().unwrap_or_default().to_string();
+    let job = |port: u16| -> anyhow::Result<Value> {
+        Ok(http(port, "GET", &format!("/jobs/{id}"), "")?.1)
+    };
+    wait_for("the job to run on A", Duration::from_secs(30), || {
+        Ok(job(a)?["state"] == "running")
+    })?;
+    let _host_b = api_host(&handlers, &url, &schema, b)?;
+
+    // Progress written by A, read through B, rising.
+    let mut seen: Vec<u64> = Vec::new();
+    wait_for("progress through B", Duration::from_secs(20), || {
+        if let Some(done) = job(b)?["progress"]["done"].as_u64()
+            && seen.last() != Some(&done)
+        {
+            seen.push(done);
+        }
+        Ok(seen.len() >= 3)
+    })?;
+    assert!(seen.windows(2).all(|w| w[0] < w[1]), "{seen:?}");
+    let (status, _, page) = get_text(b, &format!("/ui/jobs/{id}"))?;
+    assert!(status == 200 && page.contains("running"), "{status} {page}");
+
+    // Cancelled through B: A stops it, its follow-up jobs are not committed, and B's wait
+    // for the result returns as soon as A records it.
+    let asked = Instant::now();
+    let (status, body) = http(b, "DELETE", &format!("/jobs/{id}"), "")?;
+    assert_eq!(
+        (status, body["cancelled"].as_str()),
+        (200, Some("running")),
+        "{body}"
+    );
+    let (_, finished) = http(b, "GET", &format!("/jobs/{id}?wait_ms=30000"), "")?;
+    let took = asked.elapsed();
+    assert_eq!(finished["state"], "cancelled", "{finished}");
+    assert!(
+        took < Duration::from_secs(3),
+        "stopped and seen {took:?} after the request"
+    );
+    let (_, stats) = http(b, "GET", "/stats", "")?;
+    assert!(
+        !stats.to_string().contains("\"echo\""),
+        "no follow-up jobs: {stats}"
+    );
+
+    // Paused through B: new jobs of the name stay queued on both hosts until resumed.
+    let (status, _) = http(b, "PUT", "/paused/echo", "")?;
+    assert!(status < 300, "{status}");
+    let mut ids = Vec::new();
+    for i in 0..6 {
+        let body = format!(r#"{{"job": "echo", "payload": {{"message": "m{i}"}}}}"#);
+        let (status, posted) = http(if i % 2 == 0 { a } else { b }, "POST", "/jobs", &body)?;
+        assert_eq!(status, 202, "{posted}");
+        ids.push(posted["id"].as_str().unwrap_or_default().to_string());
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    for id in &ids {
+        let (_, record) = http(a, "GET", &format!("/jobs/{id}"), "")?;
+        assert_eq!(record["state"], "queued", "paused: {record}");
+    }
+    let (status, _) = http(a, "DELETE", "/paused/echo", "")?;
+    assert!(status < 300, "{status}");
+    for id in &ids {
+        let (_, record) = http(b, "GET", &format!("/jobs/{id}?wait_ms=30000"), "")?;
+        assert_eq!(record["state"], "done", "resumed: {record}");
+    }
+
+    // Retention: after the next prune (at most every 5 s, on a settle), 3 done jobs are left.
+    std::thread::sleep(Duration::from_millis(5500));
+    let (_, last) = http(
+        a,
+        "POST",
+        "/jobs",
+        r#"{"job": "echo", "payload": {"message": "last"}}"#,
+    )?;
+    let last = last["id"].as_str().unwrap_or_default().to_string();
+    let (_, record) = http(a, "GET", &format!("/jobs/{last}?wait_ms=30000"), "")?;
+    assert_eq!(record["state"], "done", "{record}");
+    wait_for("the prune", Duration::from_secs(15), || {
+        let (_, stats) = http(b, "GET", "/stats", "")?;
+        let done: u64 = stats["counts"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|c| c[1] == "done")
+            .filter_map(|c| c[2].as_u64())
+            .sum();
+        Ok(done == 3)
+    })?;
     Ok(())
 }

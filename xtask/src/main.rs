@@ -195,6 +195,8 @@ const APT_PACKAGES: &[&str] = &[
     "chromium",
     // The PostgreSQL queue's tests (initdb into a temp dir, one server per test run).
     "postgresql",
+    // Certificates for the PostgreSQL TLS test.
+    "openssl",
 ];
 
 /// The `bin` folder of Debian's newest PostgreSQL (`/usr/lib/postgresql/N/bin`).

@@ -11,6 +11,7 @@
 mod ability;
 pub mod memory;
 pub mod postgres;
+pub mod postgres_tls;
 pub mod sqlite;
 pub mod sqs;
 

@@ -25,7 +25,8 @@ use std::time::Duration;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use serde_json::Value;
 use tokio::sync::Notify;
-use tokio_postgres::{NoTls, Row};
+use tokio_postgres::Row;
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::sqlite::Retention;
 use super::{
@@ -129,6 +130,7 @@ impl PostgresOptions {
 pub struct PostgresQueue {
     pool: Pool,
     config: tokio_postgres::Config,
+    tls: MakeRustlsConnect,
     clock: Arc<dyn Clock>,
     owner: String,
     schema: String,
@@ -155,23 +157,46 @@ impl From<tokio_postgres::Error> for QueueError {
         // The server's message (with its detail) says more than the client's summary.
         match error.as_db_error() {
             Some(db) => QueueError(format!("PostgreSQL: {}", db.message())),
-            None => QueueError(format!("PostgreSQL: {error}")),
+            None => QueueError(format!("PostgreSQL: {}", with_causes(&error))),
         }
     }
 }
 
 impl From<deadpool_postgres::PoolError> for QueueError {
     fn from(error: deadpool_postgres::PoolError) -> Self {
-        db_error("PostgreSQL connection", error)
+        db_error("PostgreSQL connection", with_causes(&error))
     }
 }
 
-/// The `PG*` variables' part of a connection config, for what the URL leaves out (as libpq
-/// does): host, port, user, password, database.
-fn config_of(url: &str) -> Result<tokio_postgres::Config, QueueError> {
-    let mut config: tokio_postgres::Config = url
-        .parse()
-        .map_err(|e| db_error(&format!("`{url}` is not a PostgreSQL URL"), e))?;
+/// An error and its causes (a TLS failure says why only in its source), `a: b: c`.
+fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text = format!("{text}: {cause_text}");
+        }
+        source = cause.source();
+    }
+    text
+}
+
+/// The connection config of `url`, with the `PG*` variables filling in what it leaves out
+/// (as libpq does): host, port, user, password, database, and TLS (see
+/// [`super::postgres_tls`]).
+fn config_of(url: &str) -> Result<(tokio_postgres::Config, MakeRustlsConnect), QueueError> {
+    let (rest, tls) = super::postgres_tls::split(url)?;
+    let mut config: tokio_postgres::Config = rest.parse().map_err(|e| {
+        db_error(
+            &format!(
+                "`{}` is not a PostgreSQL URL",
+                crate::run::serve::redact_url(url)
+            ),
+            e,
+        )
+    })?;
+    config.ssl_mode(super::postgres_tls::ssl_mode(tls.mode));
     let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
     if config.get_hosts().is_empty() {
         config.host(var("PGHOST").as_deref().unwrap_or("localhost"));
@@ -198,7 +223,7 @@ fn config_of(url: &str) -> Result<tokio_postgres::Config, QueueError> {
         config.dbname(&db);
     }
     config.application_name("jobhost");
-    Ok(config)
+    Ok((config, super::postgres_tls::connector(&tls)?))
 }
 
 /// A schema name is written into the SQL: letters, digits and `_` only.
@@ -226,10 +251,10 @@ impl PostgresQueue {
         clock: Arc<dyn Clock>,
     ) -> Result<Self, QueueError> {
         check_schema(&options.schema)?;
-        let config = config_of(&options.url)?;
+        let (config, tls) = config_of(&options.url)?;
         let manager = Manager::from_config(
             config.clone(),
-            NoTls,
+            tls.clone(),
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -241,6 +266,7 @@ impl PostgresQueue {
         let queue = Self {
             pool,
             config,
+            tls,
             clock,
             owner: format!("{}:{}", std::process::id(), uuid::Uuid::now_v7()),
             schema: options.schema,
@@ -325,10 +351,11 @@ impl PostgresQueue {
     /// reconnects after the database goes away, until `wake` is the only reference left.
     pub fn listen(&self, wake: Arc<Notify>) {
         let config = self.config.clone();
+        let tls = self.tls.clone();
         let channel = self.channel();
         tokio::spawn(async move {
             loop {
-                match listen_once(&config, &channel, &wake).await {
+                match listen_once(&config, tls.clone(), &channel, &wake).await {
                     Ok(()) => {}
                     Err(error) => {
                         tracing::warn!(%error, "the LISTEN connection to PostgreSQL failed; reconnecting")
@@ -866,11 +893,12 @@ fn schema_sql(schema: &str, sql: &str) -> String {
 
 async fn listen_once(
     config: &tokio_postgres::Config,
+    tls: MakeRustlsConnect,
     channel: &str,
     wake: &Notify,
 ) -> Result<(), QueueError> {
     use futures_util::StreamExt as _;
-    let (client, mut connection) = config.connect(NoTls).await?;
+    let (client, mut connection) = config.connect(tls).await?;
     let (send, mut receive) = tokio::sync::mpsc::unbounded_channel();
     let pump = tokio::spawn(async move {
         let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));

@@ -47,6 +47,9 @@ use crate::run::live::Running;
 
 /// The longest `wait_ms` honoured.
 const MAX_WAIT: Duration = Duration::from_secs(30);
+/// How often a waiting `GET /jobs/{id}?wait_ms=` looks again at a job this host does not
+/// run (on PostgreSQL another host may finish it).
+const WAIT_RECHECK: Duration = Duration::from_millis(200);
 /// The queue gauges of `/metrics` are read from the queue at most this often.
 const QUEUE_GAUGES_MAX_AGE: Duration = Duration::from_secs(5);
 
@@ -604,7 +607,9 @@ async fn show_job<Q: Inspect>(
         if finished || now >= deadline {
             return axum::Json(record).into_response();
         }
-        let _ = tokio::time::timeout(deadline - now, settled).await;
+        // This host's settles wake the wait at once; a job another host (or process)
+        // finishes is seen at the next look.
+        let _ = tokio::time::timeout((deadline - now).min(WAIT_RECHECK), settled).await;
     }
 }
 
