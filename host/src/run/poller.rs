@@ -24,8 +24,9 @@ use crate::job::Outcome;
 use crate::queue::{Delivered, Queue, Settlement};
 use crate::run::deliver::{Executor, Observers, Ran, units};
 
-/// The most deliveries claimed in one call.
-const MAX_BATCH: usize = 256;
+/// The most deliveries claimed in one call (on PostgreSQL each claim has a cost of its own:
+/// 1,024 took a fifth less of the server's time per job than 256 on the no-op benchmark).
+const MAX_BATCH: usize = 1024;
 /// The most settlements written in one transaction.
 const MAX_SETTLE_BATCH: usize = 512;
 /// The longest sleep between polls of an idle queue.
