@@ -554,8 +554,8 @@ fn api_host(handlers: &Handlers, url: &str, schema: &str, port: u16) -> anyhow::
 
 /// Two hosts on one database, each with its API: a job running on one shows its progress
 /// through the other and on the other's dashboard, is cancelled through the other within
-/// about a second, a name paused through one stays queued on both, and done jobs beyond
-/// `--retain-done` are pruned.
+/// about a second, a name paused through one stays queued on both, done jobs beyond
+/// `--retain-done` are pruned, and either host's metrics count the shared queue.
 #[test]
 fn one_host_sees_steers_and_cancels_what_another_runs() -> anyhow::Result<()> {
     let url = postgres_url()?;
@@ -661,6 +661,14 @@ fn one_host_sees_steers_and_cancels_what_another_runs() -> anyhow::Result<()> {
             .filter_map(|c| c[2].as_u64())
             .sum();
         Ok(done == 3)
+    })?;
+    // Either host's metrics count the shared queue's jobs, whichever host ran them.
+    wait_for("the queue gauges", Duration::from_secs(15), || {
+        let (_, _, text) = get_text(a, "/metrics")?;
+        Ok(
+            text.contains(r#"jobhost_jobs{job_name="echo",state="done"} 3"#)
+                && text.contains(r#"jobhost_jobs{job_name="busy",state="cancelled"} 1"#),
+        )
     })?;
     Ok(())
 }
