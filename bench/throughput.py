@@ -5,8 +5,9 @@ same `peer=... key=value` result line as ../shared/bench/peers (so median.py wor
 1. enqueue N no-op jobs in bulk (`jobhost enqueue --file`, one transaction) -> enqueue_per_s
 2. drain: launch `jobhost run --drain` (concurrency C) and time until it exits with all N
    done -> process_per_s = N / drain_s; peak RSS of that process -> worker_rss_mb
-3. latency probe: with `jobhost run --http` idle, send PROBE jobs one at a time
-   (POST /jobs, then GET /jobs/{id}?wait_ms=...) -> p50/p99 enqueue-to-done, in ms
+3. latency probe: with `jobhost run --http` idle, send PROBE jobs one at a time from one
+   client on one kept-open connection (POST /jobs, then GET /jobs/{id}?wait_ms=... until
+   the result is recorded) -> p50/p99 enqueue-to-done, in ms
 
 Usage: throughput.py JOBHOST_BIN HANDLERS_DIR [N] [C] [PROBE]
 JOBHOST_BENCH_DB puts the queue elsewhere (a PostgreSQL URL).
@@ -15,6 +16,7 @@ to measure it with metrics on); JOBHOST_BENCH_LABEL names the result line's peer
 Durability: WAL with synchronous=NORMAL (a commit survives a crash of the process; the last
 commits before a power loss may not).
 """
+import http.client
 import json
 import os
 import socket
@@ -22,7 +24,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 
 
 def free_port():
@@ -42,18 +43,6 @@ def wait_port(port, proc, timeout=60):
         except OSError:
             time.sleep(0.02)
     raise SystemExit("port %d never opened" % port)
-
-
-def post(port, body):
-    req = urllib.request.Request("http://127.0.0.1:%d/jobs" % port, data=json.dumps(body).encode(),
-                                 headers={"content-type": "application/json"}, method="POST")
-    with urllib.request.urlopen(req, timeout=10) as r:
-        return json.load(r)
-
-
-def get(port, path):
-    with urllib.request.urlopen("http://127.0.0.1:%d%s" % (port, path), timeout=40) as r:
-        return json.load(r)
 
 
 def main():
@@ -98,14 +87,29 @@ def main():
                              "--http", "127.0.0.1:%d" % port], stdout=subprocess.DEVNULL, stderr=log, env=env)
     try:
         wait_port(port, proc)
+        # One client on one kept-open connection, as the peers' probes hold theirs: the POST
+        # that enqueues, then the long-poll GET that returns when the result is recorded.
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=40)
+        conn.connect()
+        conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+        def call(method, path, body=None):
+            headers = {"content-type": "application/json"} if body is not None else {}
+            conn.request(method, path, body=body, headers=headers)
+            response = conn.getresponse()
+            return json.loads(response.read())
+
+        # Warm the connection and the host's first-use paths before timing.
+        call("GET", "/healthz")
         lat = []
         for i in range(probe):
             t = time.perf_counter()
-            job = post(port, {"job": "noop", "payload": {"probe": i}})
-            record = get(port, "/jobs/%s?wait_ms=10000" % job["id"])
+            job = call("POST", "/jobs", json.dumps({"job": "noop", "payload": {"probe": i}}))
+            record = call("GET", "/jobs/%s?wait_ms=10000" % job["id"])
             lat.append((time.perf_counter() - t) * 1000)
             if record["state"] != "done":
                 raise SystemExit("probe job not done: %s" % record)
+        conn.close()
     finally:
         proc.terminate()
         proc.wait(timeout=30)
