@@ -1000,6 +1000,13 @@ impl Ticks for SqliteQueue {
 async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> Result<T, QueueError> + Send + 'static,
 ) -> Result<T, QueueError> {
+    // On a multi-threaded runtime the call runs on this worker thread, whose other tasks
+    // move to another: no hand-off to a blocking thread and back.
+    if tokio::runtime::Handle::current().runtime_flavor()
+        == tokio::runtime::RuntimeFlavor::MultiThread
+    {
+        return tokio::task::block_in_place(work);
+    }
     tokio::task::spawn_blocking(work)
         .await
         .map_err(|e| QueueError(format!("queue task failed: {e}")))?
