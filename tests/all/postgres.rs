@@ -61,6 +61,25 @@ fn count(stats: &Stats, name: &str, state: &str) -> u64 {
         .sum()
 }
 
+/// One `noop` job line per number in `range`, for `enqueue --file`.
+fn noop_lines(range: std::ops::Range<u64>) -> String {
+    range
+        .map(|i| format!("{{\"job\": \"noop\", \"payload\": {{\"i\": {i}}}}}\n"))
+        .collect()
+}
+
+/// A small pool on `schema`, for the test to watch the queue, and the runtime it lives on.
+fn observer(url: &str, schema: &str) -> anyhow::Result<(tokio::runtime::Runtime, PostgresQueue)> {
+    let rt = jobhost_tests::sqs::threaded_runtime()?;
+    let options = PostgresOptions {
+        schema: schema.to_string(),
+        pool_size: 2,
+        ..PostgresOptions::new(url)
+    };
+    let queue = rt.block_on(PostgresQueue::connect(options, Arc::new(SystemClock)))?;
+    Ok((rt, queue))
+}
+
 fn enqueue_file(url: &str, schema: &str, lines: &str) -> anyhow::Result<()> {
     let mut file = tempfile::NamedTempFile::new()?;
     file.write_all(lines.as_bytes())?;
@@ -95,17 +114,9 @@ fn three_hosts_run_every_job_once_one_killed_and_restarted_and_each_tick_once() 
         "toml",
         "[[schedule]]\ncron = \"* * * * * *\"\npayload = { message = \"tick\" }\n",
     )?;
-    let lines: String = (0..jobs)
-        .map(|i| format!("{{\"job\": \"noop\", \"payload\": {{\"i\": {i}}}}}\n"))
-        .collect();
+    let lines = noop_lines(0..jobs);
     enqueue_file(&url, &schema, &lines)?;
-    let rt = jobhost_tests::sqs::threaded_runtime()?;
-    let options = PostgresOptions {
-        schema: schema.clone(),
-        pool_size: 2,
-        ..PostgresOptions::new(url.clone())
-    };
-    let queue = rt.block_on(PostgresQueue::connect(options, Arc::new(SystemClock)))?;
+    let (rt, queue) = observer(&url, &schema)?;
     let stats = || rt.block_on(queue.stats());
     let started = Instant::now();
     let mut hosts: Vec<Child> = (0..3)
@@ -191,9 +202,7 @@ fn hosts_survive_the_database_restarting_and_lose_nothing() -> anyhow::Result<()
     let schema = schema("restart");
     let handlers = Handlers::new()?;
     handlers.add(fixtures::NOOP, "noop")?;
-    let lines: String = (0..2_000)
-        .map(|i| format!("{{\"job\": \"noop\", \"payload\": {{\"i\": {i}}}}}\n"))
-        .collect();
+    let lines = noop_lines(0..2_000);
     enqueue_file(&url, &schema, &lines)?;
     let hosts: Vec<Child> = (0..2)
         .map(|_| host(&handlers, &url, &schema))
@@ -204,17 +213,9 @@ fn hosts_survive_the_database_restarting_and_lose_nothing() -> anyhow::Result<()
     std::thread::sleep(Duration::from_secs(2));
     server.restart()?;
     // Jobs enqueued after the restart are picked up too.
-    let more: String = (2_000..2_500)
-        .map(|i| format!("{{\"job\": \"noop\", \"payload\": {{\"i\": {i}}}}}\n"))
-        .collect();
+    let more = noop_lines(2_000..2_500);
     enqueue_file(&url, &schema, &more)?;
-    let rt = jobhost_tests::sqs::threaded_runtime()?;
-    let options = PostgresOptions {
-        schema: schema.clone(),
-        pool_size: 2,
-        ..PostgresOptions::new(url.clone())
-    };
-    let queue = rt.block_on(PostgresQueue::connect(options, Arc::new(SystemClock)))?;
+    let (rt, queue) = observer(&url, &schema)?;
     let started = Instant::now();
     loop {
         let stats = rt.block_on(queue.stats())?;

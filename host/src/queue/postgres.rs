@@ -588,7 +588,7 @@ async fn settle_one(
     settlement: &Settlement,
     now: i64,
 ) -> Result<bool, QueueError> {
-    let sql = |s: &str| s.replace("{s}", schema);
+    let sql = |s: &str| schema_sql(schema, s);
     let (id, token) = receipt_parts(&settlement.delivered.receipt);
     let super::Stored {
         fuel,
@@ -803,7 +803,7 @@ async fn insert_job(
     job: &NewJob,
     now: i64,
 ) -> Result<Enqueued, QueueError> {
-    let sql = |s: &str| s.replace("{s}", schema);
+    let sql = |s: &str| schema_sql(schema, s);
     let id = job
         .id
         .clone()
