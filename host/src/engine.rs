@@ -13,6 +13,9 @@ use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAlloc
 /// How often the epoch ticker advances the engine's epoch. Deadlines are rounded up to it.
 pub const EPOCH_TICK_MS: u64 = 10;
 
+/// The default of [`EngineOptions::keep_resident_bytes`].
+pub const DEFAULT_KEEP_RESIDENT: usize = 8 << 20;
+
 /// Engine settings that apply to every handler; per-handler limits live in [`crate::sandbox::Limits`].
 #[derive(Clone, Debug)]
 pub struct EngineOptions {
@@ -27,6 +30,11 @@ pub struct EngineOptions {
     pub max_memory_bytes: usize,
     /// How many component instances the pool holds at once (bounds concurrency).
     pub pool_instances: u32,
+    /// Bytes of each pool slot's linear memory (and of its tables) kept resident when a
+    /// job ends: the pages a job dirtied up to this size are zeroed in place for the next
+    /// job, the rest are returned to the OS. More is faster for handlers that touch more
+    /// memory per job; less holds less memory at rest ([`DEFAULT_KEEP_RESIDENT`]).
+    pub keep_resident_bytes: usize,
     /// Compile for another target triple (ahead-of-time packaging for another machine).
     pub target: Option<String>,
 }
@@ -39,6 +47,7 @@ impl Default for EngineOptions {
             max_wasm_stack_bytes: 1 << 20,
             max_memory_bytes: 1 << 30,
             pool_instances: 256,
+            keep_resident_bytes: DEFAULT_KEEP_RESIDENT,
             target: None,
         }
     }
@@ -164,8 +173,8 @@ fn pooling_config(options: &EngineOptions) -> PoolingAllocationConfig {
         // Resetting memory with madvise after every job costs a TLB shootdown on every
         // core; resetting the pages a job dirtied with memset (found with PAGEMAP_SCAN
         // where the kernel has it) keeps per-job cost flat as workers are added.
-        .linear_memory_keep_resident(8 << 20)
-        .table_keep_resident(1 << 20)
+        .linear_memory_keep_resident(options.keep_resident_bytes)
+        .table_keep_resident(options.keep_resident_bytes.min(1 << 20))
         .pagemap_scan(Enabled::Auto)
         .decommit_batch_size(32);
     pool

@@ -89,14 +89,64 @@ fn the_second_load_deserializes_from_the_cache() -> anyhow::Result<()> {
         first.plugins().plugins()[0].artifact,
         ArtifactSource::Compiled
     );
-    let artifacts = std::fs::read_dir(cache.path())?.count();
-    assert_eq!(artifacts, 1);
+    let files = |ext: &str| -> anyhow::Result<usize> {
+        Ok(std::fs::read_dir(cache.path())?
+            .filter(|f| {
+                f.as_ref()
+                    .is_ok_and(|f| f.path().to_string_lossy().ends_with(ext))
+            })
+            .count())
+    };
+    assert_eq!(files(".cwasm")?, 1);
+    assert_eq!(files(".describe.json")?, 1);
     let second = config.start()?;
     assert_eq!(
         second.plugins().plugins()[0].artifact,
         ArtifactSource::Cached
     );
+    assert_eq!(second.plugins().plugins()[0].names, ["permanent"]);
     let report = run_job(&second, "permanent", json!({}), 1);
+    assert_eq!(report.outcome.reason(), Some(Reason::Permanent));
+    // What describe() returned is kept for the limits it ran under only: under limits the
+    // handler cannot start with, it is described again, and refused.
+    handlers.sidecar("permanent", "toml", "[limits]\nmemory-mib = 1\n")?;
+    let third = config.start()?;
+    assert!(third.plugins().get("permanent").is_none());
+    let errors = third.plugins().errors().iter().map(|e| e.to_string());
+    assert!(
+        errors.clone().any(|e| e.contains("describe() failed")),
+        "{:?}",
+        errors.collect::<Vec<_>>()
+    );
+    Ok(())
+}
+
+#[test]
+fn a_handler_replaced_in_place_is_loaded_anew() -> anyhow::Result<()> {
+    let handlers = Handlers::new()?;
+    handlers.add(fixtures::ECHO, "handler")?;
+    let mut config = handlers.config();
+    let cache = tempfile::tempdir()?;
+    config.cache_dir = Some(cache.path().to_path_buf());
+    let names = |config: &jobhost::config::HostConfig| -> anyhow::Result<Vec<String>> {
+        Ok(config.start()?.plugins().plugins()[0].names.clone())
+    };
+    assert_eq!(names(&config)?, ["echo", "echo-alias"]);
+    // A file changed in the last 2 s is hashed at every load; an older one is known by
+    // its size, times and inode after one load.
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    assert_eq!(names(&config)?, ["echo", "echo-alias"]);
+    let kept = std::fs::read_dir(cache.path())?
+        .filter(|f| {
+            f.as_ref()
+                .is_ok_and(|f| f.path().extension().is_some_and(|e| e == "source"))
+        })
+        .count();
+    assert_eq!(kept, 1, "the component's key is kept");
+    // Replaced in place (same inode): its times and size change, so it is hashed again.
+    handlers.add(fixtures::PERMANENT, "handler")?;
+    assert_eq!(names(&config)?, ["permanent"]);
+    let report = run_job(&config.start()?, "permanent", json!({}), 1);
     assert_eq!(report.outcome.reason(), Some(Reason::Permanent));
     Ok(())
 }

@@ -133,6 +133,30 @@ fn with_default_fuel_an_endless_loop_ends_as_a_timeout() -> anyhow::Result<()> {
 }
 
 #[test]
+pub(crate) fn sleep() -> anyhow::Result<()> {
+    let handlers = Handlers::new()?;
+    handlers.add(fixtures::SLEEP, "sleep")?;
+    handlers.sidecar("sleep", "toml", "[limits]\ntimeout-ms = 300\n")?;
+    let dispatcher = handlers.dispatcher()?;
+    let report = run_job(&dispatcher, "sleep", json!({"ms": 50}), 1);
+    assert!(
+        output_json(&report.outcome)?.as_u64() >= Some(50),
+        "{:?}",
+        report.outcome
+    );
+    // Waiting on the clock inside a host call is interrupted at the deadline too.
+    let report = run_job(&dispatcher, "sleep", json!({"ms": 5_000}), 1);
+    assert_eq!(
+        report.outcome.reason(),
+        Some(Reason::Timeout),
+        "{:?}",
+        report.outcome
+    );
+    assert!(report.duration.as_millis() < 2_000, "{:?}", report.duration);
+    Ok(())
+}
+
+#[test]
 pub(crate) fn spin() -> anyhow::Result<()> {
     let handlers = Handlers::new()?;
     handlers.add(fixtures::SPIN, "spin")?;

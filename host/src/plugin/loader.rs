@@ -10,12 +10,12 @@ use std::sync::Arc;
 
 use wasmtime::component::{Component, Linker};
 
-use crate::bindings::JobPluginPre;
+use crate::bindings::{HandlerInfo, JobPluginPre};
 use crate::engine::{EngineError, JobEngine};
 use crate::plugin::Manifest;
 use crate::plugin::PayloadSchema;
 use crate::plugin::{ArtifactCache, ArtifactSource};
-use crate::sandbox::{JobState, ResolvedGrants};
+use crate::sandbox::{JobState, Limits, ResolvedGrants};
 use crate::sandbox::{describe, error_chain};
 
 /// The longest job name a handler may claim.
@@ -221,13 +221,12 @@ impl Loader {
 
     /// Loads one component with its sidecars.
     pub fn load_file(&self, path: &Path) -> Result<Plugin, LoadError> {
-        let bytes =
-            std::fs::read(path).map_err(|e| LoadError::new(path, format!("cannot read: {e}")))?;
-        check_is_component(&bytes).map_err(|m| LoadError::new(path, m))?;
+        check_is_component(&read_header(path).map_err(|e| LoadError::new(path, e))?)
+            .map_err(|m| LoadError::new(path, m))?;
         let manifest_path = path.with_extension("toml");
         let manifest = Manifest::load_or_default(&manifest_path)
             .map_err(|e| LoadError::new(&manifest_path, e.to_string()))?;
-        let (component, artifact) = self.compile(&bytes).map_err(|e| LoadError::new(path, e))?;
+        let (component, artifact, key) = self.compile(path).map_err(|e| LoadError::new(path, e))?;
         let imports = import_names(&component, &self.engine);
         let pre = self
             .linker
@@ -242,8 +241,9 @@ impl Loader {
                     ),
                 )
             })?;
-        let info =
-            describe(&self.engine, &pre, &manifest.limits).map_err(|m| LoadError::new(path, m))?;
+        let info = self
+            .describe(&pre, &manifest.limits, key.as_deref())
+            .map_err(|m| LoadError::new(path, m))?;
         let names = check_names(info.names).map_err(|m| LoadError::new(path, m))?;
         let named = |mut error: LoadError| {
             error.names = names.clone();
@@ -267,13 +267,38 @@ impl Loader {
         })
     }
 
-    fn compile(&self, bytes: &[u8]) -> Result<(Component, ArtifactSource), String> {
+    fn compile(&self, path: &Path) -> Result<(Component, ArtifactSource, Option<String>), String> {
         let engine = self.engine.engine();
-        let compiled = match &self.cache {
-            Some(cache) => cache.load(engine, bytes),
-            None => Component::new(engine, bytes).map(|c| (c, ArtifactSource::Compiled)),
-        };
-        compiled.map_err(|e| format!("not a valid component: {}", error_chain(&e)))
+        if let Some(cache) = &self.cache {
+            return cache
+                .load_file(engine, path)
+                .map(|(component, source, key)| (component, source, Some(key)));
+        }
+        let bytes = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
+        Component::new(engine, &bytes)
+            .map(|c| (c, ArtifactSource::Compiled, None))
+            .map_err(|e| format!("not a valid component: {}", error_chain(&e)))
+    }
+
+    /// `describe()`, or what it returned when this artifact was last loaded under the same
+    /// limits.
+    fn describe(
+        &self,
+        pre: &JobPluginPre<JobState>,
+        limits: &Limits,
+        key: Option<&str>,
+    ) -> Result<HandlerInfo, String> {
+        let cache = self.cache.as_ref().zip(key);
+        if let Some(info) =
+            cache.and_then(|(cache, key)| cache.described(key, limits, self.engine.options()))
+        {
+            return Ok(info);
+        }
+        let info = describe(&self.engine, pre, limits)?;
+        if let Some((cache, key)) = cache {
+            cache.keep_described(key, limits, self.engine.options(), &info);
+        }
+        Ok(info)
     }
 }
 
@@ -361,6 +386,16 @@ pub struct FolderError {
     pub path: PathBuf,
     /// Why.
     pub source: std::io::Error,
+}
+
+/// The first 8 bytes of a file (fewer if it is shorter).
+fn read_header(path: &Path) -> Result<Vec<u8>, String> {
+    use std::io::Read as _;
+    let mut header = Vec::with_capacity(8);
+    std::fs::File::open(path)
+        .and_then(|file| file.take(8).read_to_end(&mut header))
+        .map_err(|e| format!("cannot read: {e}"))?;
+    Ok(header)
 }
 
 /// Tells a component from a core module (a common mistake) from anything else.

@@ -64,8 +64,11 @@ fn new_store(
         live,
     } = *settings;
     let capture = Capture::new(limits, payload_cap).with_live(live.cloned());
-    let state = JobState::new(limits, capture.clone(), grants, wall_clock, live.cloned())
+    let mut state = JobState::new(limits, capture.clone(), grants, wall_clock, live.cloned())
         .map_err(wasmtime::Error::msg)?;
+    // Two ticks past the deadline, so that the epoch check after a clamped wait has seen
+    // the deadline pass.
+    state.until = Instant::now().checked_add(timeout + Duration::from_millis(2 * EPOCH_TICK_MS));
     let mut store = Store::new(engine.engine(), state);
     store.limiter(|state| &mut state.limiter);
     if engine.meters_fuel() {

@@ -22,6 +22,8 @@ pub struct JobState {
     table: ResourceTable,
     pub(crate) limiter: MemoryLimiter,
     pub(crate) capture: Capture,
+    /// When a wait on the monotonic clock ends at the latest (the job's deadline).
+    pub(crate) until: Option<std::time::Instant>,
 }
 
 /// A handler's grants, resolved when it loads: environment values read, directories
@@ -79,6 +81,7 @@ impl JobState {
             table: ResourceTable::new(),
             limiter: MemoryLimiter::new(limits),
             capture,
+            until: None,
         })
     }
 }

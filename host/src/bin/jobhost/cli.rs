@@ -13,7 +13,7 @@ use jobhost::queue::sqs::{MAX_HOP, SqsOptions};
 use jobhost::run::serve::{QueueConfig, ServeConfig};
 
 use jobhost::config::HostConfig;
-use jobhost::engine::EngineOptions;
+use jobhost::engine::{DEFAULT_KEEP_RESIDENT, EngineOptions};
 use jobhost::job::DEFAULT_MAX_BODY_BYTES;
 
 /// A background-job host whose handlers are sandboxed WebAssembly components.
@@ -534,6 +534,12 @@ pub struct HostArgs {
     #[arg(long, env = "JOBHOST_MAX_BODY_BYTES", default_value_t = DEFAULT_MAX_BODY_BYTES,
           value_parser = RangedU64ValueParser::<usize>::new().range(64..))]
     pub max_body_bytes: usize,
+    /// KiB of each instance slot's memory kept resident between jobs: what a job dirtied,
+    /// up to this, is zeroed in place for the next job; the rest goes back to the OS. Less
+    /// holds less memory at rest, more suits handlers that touch much memory per job.
+    #[arg(long, env = "JOBHOST_POOL_KEEP_RESIDENT_KIB", default_value_t = DEFAULT_KEEP_RESIDENT >> 10,
+          value_parser = RangedU64ValueParser::<usize>::new().range(0..=(1 << 20)))]
+    pub pool_keep_resident_kib: usize,
 }
 
 /// Jobs or records at once: at least 1.
@@ -575,6 +581,7 @@ impl HostArgs {
         config.strict = self.strict;
         config.engine = EngineOptions {
             pooling: !self.no_pooling,
+            keep_resident_bytes: self.pool_keep_resident_kib << 10,
             ..EngineOptions::default()
         };
         config.dispatch.max_body_bytes = self.max_body_bytes;
