@@ -6,8 +6,9 @@ same `peer=... key=value` result line as ../shared/bench/peers (so median.py wor
 2. drain: launch `jobhost run --drain` (concurrency C) and time until it exits with all N
    done -> process_per_s = N / drain_s; peak RSS of that process -> worker_rss_mb
 3. latency probe: with `jobhost run --http` idle, send PROBE jobs one at a time from one
-   client on one kept-open connection (POST /jobs, then GET /jobs/{id}?wait_ms=... until
-   the result is recorded) -> p50/p99 enqueue-to-done, in ms
+   client on one kept-open connection: `POST /jobs?wait_ms=...`, which answers once the
+   result is recorded -> p50/p99 enqueue-to-done, in ms. JOBHOST_BENCH_PROBE=poll probes
+   with two calls instead (POST /jobs, then GET /jobs/{id}?wait_ms=...).
 
 Usage: throughput.py JOBHOST_BIN HANDLERS_DIR [N] [C] [PROBE]
 JOBHOST_BENCH_DB puts the queue elsewhere (a PostgreSQL URL).
@@ -88,7 +89,9 @@ def main():
     try:
         wait_port(port, proc)
         # One client on one kept-open connection, as the peers' probes hold theirs: the POST
-        # that enqueues, then the long-poll GET that returns when the result is recorded.
+        # that enqueues and answers once the result is recorded (or, with
+        # JOBHOST_BENCH_PROBE=poll, the POST, then the long-poll GET).
+        two_calls = os.environ.get("JOBHOST_BENCH_PROBE") == "poll"
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=40)
         conn.connect()
         conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -104,8 +107,12 @@ def main():
         lat = []
         for i in range(probe):
             t = time.perf_counter()
-            job = call("POST", "/jobs", json.dumps({"job": "noop", "payload": {"probe": i}}))
-            record = call("GET", "/jobs/%s?wait_ms=10000" % job["id"])
+            body = json.dumps({"job": "noop", "payload": {"probe": i}})
+            if two_calls:
+                job = call("POST", "/jobs", body)
+                record = call("GET", "/jobs/%s?wait_ms=10000" % job["id"])
+            else:
+                record = call("POST", "/jobs?wait_ms=10000", body)
             lat.append((time.perf_counter() - t) * 1000)
             if record["state"] != "done":
                 raise SystemExit("probe job not done: %s" % record)

@@ -354,6 +354,38 @@ fn the_http_api_answers_with_the_right_status_codes() -> anyhow::Result<()> {
     );
     let output: Value = serde_json::from_str(job["output"].as_str().unwrap_or("null"))?;
     assert_eq!(output["echo"], "hi");
+    // Enqueue and wait in one call: the finished job, or 202 with it still queued.
+    let (status, job) = http(
+        port,
+        "POST",
+        "/jobs?wait_ms=10000",
+        r#"{"job": "echo", "payload": {"message": "at once"}}"#,
+    )?;
+    assert_eq!(
+        (status, job["state"].as_str()),
+        (200, Some("done")),
+        "{job}"
+    );
+    assert_eq!(job["duplicate"], false, "{job}");
+    assert!(
+        job["output"]
+            .as_str()
+            .is_some_and(|o| o.contains("at once")),
+        "{job}"
+    );
+    let (status, job) = http(
+        port,
+        "POST",
+        "/jobs?wait_ms=300",
+        r#"{"job": "echo", "payload": {"message": "later"}, "delay": "1h"}"#,
+    )?;
+    assert_eq!(
+        (status, job["state"].as_str()),
+        (202, Some("queued")),
+        "{job}"
+    );
+    let (status, body) = http(port, "POST", "/jobs?wait_ms=10", r#"[{"job": "echo"}]"#)?;
+    assert_eq!(status, 400, "{body}");
     let (status, body) = http(
         port,
         "POST",

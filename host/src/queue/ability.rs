@@ -175,6 +175,13 @@ pub struct JobRecord {
     pub logs: Vec<Value>,
 }
 
+impl JobRecord {
+    /// Whether the job has finished: done, dead or cancelled.
+    pub fn is_finished(&self) -> bool {
+        matches!(self.state.as_str(), "done" | "dead" | "cancelled")
+    }
+}
+
 /// What a job's latest attempt cost, as stored.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct CostRecord {

@@ -5,7 +5,9 @@
 //!   unknown job name; 400 for a body that is not such a request.
 //!   An array of such requests is the batch form: all are checked first, then enqueued in
 //!   one step (202 `{"jobs": [{"id", "duplicate"}, ...]}`), or none (the first refusal,
-//!   with its `index`). Every field of a queue envelope is accepted too (`id`,
+//!   with its `index`). With `?wait_ms=N` (one request, not a batch) it then waits up to N
+//!   ms for the job to finish, as `GET /jobs/{id}?wait_ms=N` does, and answers the job
+//!   with `"duplicate"` added: 200 once finished, 202 while it is not. Every field of a queue envelope is accepted too (`id`,
 //!   `notBefore`, `traceparent`; `attempt`, `enqueuedAt`, `createdAt` ignored), any other
 //!   is refused by name.
 //! - `POST /hooks/{name}` → a webhook receiver: the body is the payload of a job `name`;
@@ -42,7 +44,9 @@ use crate::clock::Clock;
 use crate::dispatch::{Dispatcher, Rejection};
 use crate::job::{JobRequest, RequestError};
 use crate::metrics::Metrics;
-use crate::queue::{Administer, CancelResult, Enqueued, Inspect, Queue, QueueError, Stats};
+use crate::queue::{
+    Administer, CancelResult, Enqueued, Inspect, JobRecord, Queue, QueueError, Stats,
+};
 use crate::run::live::Running;
 
 /// The longest `wait_ms` honoured.
@@ -192,7 +196,7 @@ pub(crate) struct Api<Q> {
 }
 
 #[derive(Debug, serde::Deserialize)]
-struct ShowQuery {
+pub(crate) struct ShowQuery {
     wait_ms: Option<u64>,
 }
 
@@ -227,7 +231,7 @@ pub fn router<Q: Inspect + Administer>(parts: ApiParts<Q>) -> Router {
     } = parts;
     let limit = dispatcher.options().max_body_bytes;
     Router::new()
-        .route("/jobs", post(create_job::<Q>))
+        .route("/jobs", post(create_job_and_wait::<Q>))
         .route("/hooks/{name}", post(create_hook::<Q>))
         .route("/jobs/{id}", get(show_job::<Q>).delete(cancel_job::<Q>))
         .route(
@@ -369,31 +373,91 @@ fn refusal(why: RequestError) -> Response {
 /// checked before any is enqueued, and all are enqueued in one step).
 pub(crate) async fn create_job<Q: Queue>(
     State(api): State<Api<Q>>,
+    Query(query): Query<ShowQuery>,
     headers: axum::http::HeaderMap,
     body: Bytes,
 ) -> Response {
+    if query.wait_ms.is_some() {
+        return error(
+            StatusCode::BAD_REQUEST,
+            json!({"error": "this queue does not keep its jobs: wait_ms cannot wait for one"}),
+        );
+    }
+    match parse_requests(&body) {
+        Ok((requests, batch)) => enqueue_requests(api, &headers, requests, batch).await,
+        Err(answer) => *answer,
+    }
+}
+
+/// `POST /jobs` on a queue that keeps its jobs: with `?wait_ms=N`, enqueue one job and
+/// answer it once it has finished (200) or N ms have passed (202).
+async fn create_job_and_wait<Q: Inspect>(
+    State(api): State<Api<Q>>,
+    Query(query): Query<ShowQuery>,
+    headers: axum::http::HeaderMap,
+    body: Bytes,
+) -> Response {
+    let (requests, batch) = match parse_requests(&body) {
+        Ok(parsed) => parsed,
+        Err(answer) => return *answer,
+    };
+    let Some(wait_ms) = query.wait_ms else {
+        return enqueue_requests(api, &headers, requests, batch).await;
+    };
+    if batch {
+        return error(
+            StatusCode::BAD_REQUEST,
+            json!({"error": "wait_ms waits for one job: send the batch without it"}),
+        );
+    }
+    let answer = enqueue_requests(api.clone(), &headers, requests, false).await;
+    if answer.status() != StatusCode::ACCEPTED {
+        return answer;
+    }
+    let Some(answer) = axum::body::to_bytes(answer.into_body(), 1 << 20)
+        .await
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+    else {
+        return error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            json!({"error": "enqueued, but its id was lost"}),
+        );
+    };
+    let id = answer["id"].as_str().unwrap_or_default().to_string();
+    let wait = Duration::from_millis(wait_ms).min(MAX_WAIT);
+    match wait_for(&api, &id, wait).await {
+        Ok(record) => {
+            let status = if record.is_finished() {
+                StatusCode::OK
+            } else {
+                StatusCode::ACCEPTED
+            };
+            let mut body = serde_json::to_value(&record).unwrap_or_default();
+            body["duplicate"] = answer["duplicate"].clone();
+            (status, axum::Json(body)).into_response()
+        }
+        Err(answer) => answer,
+    }
+}
+
+/// The requests of a `POST /jobs` body, and whether it is the batch form; or a 400.
+fn parse_requests(body: &[u8]) -> Result<(Vec<JobRequest>, bool), Box<Response>> {
     let batch = body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[');
     let parsed = if batch {
-        serde_json::from_slice::<Vec<JobRequest>>(&body)
+        serde_json::from_slice::<Vec<JobRequest>>(body)
     } else {
-        serde_json::from_slice::<JobRequest>(&body).map(|r| vec![r])
+        serde_json::from_slice::<JobRequest>(body).map(|r| vec![r])
     };
-    let requests = match parsed {
-        Ok(requests) if !requests.is_empty() => requests,
-        Ok(_) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                json!({"error": "an empty batch: nothing to enqueue"}),
-            );
-        }
-        Err(e) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                json!({"error": format!("not a job request: {e}")}),
-            );
-        }
+    let message = match parsed {
+        Ok(requests) if !requests.is_empty() => return Ok((requests, batch)),
+        Ok(_) => "an empty batch: nothing to enqueue".to_string(),
+        Err(e) => format!("not a job request: {e}"),
     };
-    enqueue_requests(api, &headers, requests, batch).await
+    Err(Box::new(error(
+        StatusCode::BAD_REQUEST,
+        json!({"error": message}),
+    )))
 }
 
 /// `POST /hooks/{name}`: a webhook receiver. The whole body (JSON) is the payload of a job
@@ -586,26 +650,42 @@ async fn show_job<Q: Inspect>(
     Query(query): Query<ShowQuery>,
 ) -> Response {
     let wait = Duration::from_millis(query.wait_ms.unwrap_or(0)).min(MAX_WAIT);
+    match wait_for(&api, &id, wait).await {
+        Ok(record) => axum::Json(record).into_response(),
+        Err(answer) => answer,
+    }
+}
+
+/// The job, once it has finished or `wait` has passed (404 or 503 as an answer).
+async fn wait_for<Q: Inspect>(
+    api: &Api<Q>,
+    id: &str,
+    wait: Duration,
+) -> Result<JobRecord, Response> {
     let deadline = Instant::now() + wait;
     loop {
         // Listen before looking, so a result recorded in between is not missed.
         let settled = api.settled.notified();
         tokio::pin!(settled);
         settled.as_mut().enable();
-        let record = match api.queue.job(&id).await {
+        let record = match api.queue.job(id).await {
             Ok(Some(record)) => record,
-            Ok(None) => return error(StatusCode::NOT_FOUND, json!({"error": "no such job"})),
+            Ok(None) => {
+                return Err(error(
+                    StatusCode::NOT_FOUND,
+                    json!({"error": "no such job"}),
+                ));
+            }
             Err(e) => {
-                return error(
+                return Err(error(
                     StatusCode::SERVICE_UNAVAILABLE,
                     json!({"error": e.to_string()}),
-                );
+                ));
             }
         };
-        let finished = matches!(record.state.as_str(), "done" | "dead" | "cancelled");
         let now = Instant::now();
-        if finished || now >= deadline {
-            return axum::Json(record).into_response();
+        if record.is_finished() || now >= deadline {
+            return Ok(record);
         }
         // This host's settles wake the wait at once; a job another host (or process)
         // finishes is seen at the next look.

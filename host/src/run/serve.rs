@@ -275,6 +275,7 @@ async fn serve_sqlite(
         unreachable!("called for the embedded queue only");
     };
     let queue = SqliteQueue::open_with(db, Arc::new(SystemClock), retention.clone())?;
+    let _checkpoints = queue.checkpoint_in_background(db)?;
     let clock = queue.clock().clone();
     let full = Full {
         queue: Arc::new(queue),
