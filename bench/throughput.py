@@ -102,8 +102,12 @@ def main():
             response = conn.getresponse()
             return json.loads(response.read())
 
-        # Warm the connection and the host's first-use paths before timing.
+        # Warm the connection and the host's first-use paths (the first claim, settle and
+        # retention prune of a new process) before timing, as the peers' probes run in the
+        # process that has just drained.
         call("GET", "/healthz")
+        for i in range(20):
+            call("POST", "/jobs?wait_ms=10000", json.dumps({"job": "noop", "payload": {"warm": i}}))
         lat = []
         for i in range(probe):
             t = time.perf_counter()
