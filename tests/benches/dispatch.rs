@@ -115,9 +115,8 @@ impl Floor {
     /// `options`, with one job of `name` and `payload` to call it with.
     fn new(options: &EngineOptions, file: &Path, name: &str, payload: &str) -> Self {
         let engine = jobhost::engine::JobEngine::new(options.clone()).expect("the engine builds");
-        let bytes = std::fs::read(file).expect("the component");
         let cache = ArtifactCache::new(jobhost_tests::shared_cache_dir());
-        let (component, _) = cache.load(engine.engine(), &bytes).expect("compiles");
+        let (component, _, _) = cache.load_file(engine.engine(), file).expect("compiles");
         let mut linker = Linker::<FloorState>::new(engine.engine());
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).expect("WASI links");
         jobhost::bindings::host::add_to_linker::<_, HasSelf<FloorState>>(&mut linker, |s| s)

@@ -67,28 +67,6 @@ impl ArtifactCache {
         self.path_for(engine, bytes).is_file()
     }
 
-    /// Loads the component from the cache, or compiles it and stores the artifact.
-    pub fn load(
-        &self,
-        engine: &Engine,
-        bytes: &[u8],
-    ) -> wasmtime::Result<(Component, ArtifactSource)> {
-        let path = self.path_for(engine, bytes);
-        if path.is_file() {
-            // SAFETY: the artifact was written by `store` for these exact bytes under a
-            // compatible engine (the key says so), and the cache folder belongs to the host.
-            match unsafe { Component::deserialize_file(engine, &path) } {
-                Ok(component) => return Ok((component, ArtifactSource::Cached)),
-                Err(error) => {
-                    tracing::warn!(path = %path.display(), %error, "ignoring an unreadable cached artifact");
-                }
-            }
-        }
-        let component = Component::new(engine, bytes)?;
-        self.store(&path, &component);
-        Ok((component, ArtifactSource::Compiled))
-    }
-
     /// Loads the component in `file` from the cache, or reads and compiles it and stores
     /// the artifact. Also returns the cache key, for [`Self::described`].
     pub fn load_file(
@@ -100,7 +78,9 @@ impl ArtifactCache {
         let key = self.key_of_file(engine, file).map_err(read)?;
         let path = self.artifact(&key);
         if path.is_file() {
-            // SAFETY: as in `load`.
+            // SAFETY: the artifact was written by `store` or `precompile` for these exact
+            // bytes under a compatible engine (the key says so), and the cache folder
+            // belongs to the host.
             match unsafe { Component::deserialize_file(engine, &path) } {
                 Ok(component) => return Ok((component, ArtifactSource::Cached, key)),
                 Err(error) => {
