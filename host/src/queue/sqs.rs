@@ -815,8 +815,10 @@ fn millis(at: SystemTime) -> u64 {
         .unwrap_or(0)
 }
 
+/// Whole seconds for SQS, rounded up: a retry asked for in 1.5 s waits 2 s, not 1 s.
 fn secs(duration: Duration) -> i32 {
-    duration.as_secs().min(MAX_VISIBILITY.as_secs()) as i32
+    let up = duration.as_secs() + u64::from(duration.subsec_nanos() > 0);
+    up.min(MAX_VISIBILITY.as_secs()) as i32
 }
 
 /// The envelope's `notBefore` (ms since the epoch), read only when the body mentions it.
